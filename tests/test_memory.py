@@ -1,0 +1,56 @@
+"The memory estimator against measurements on a ~100M-parameter model (CPU): weights, adapter, optimizer state, peak RSS."
+import json, os, subprocess, sys, tempfile, warnings
+import pytest, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers.utils import logging as hf_logging
+from ft_nb.models import load_model, apply_method, estimate_memory, measure_training_memory, measured_bytes
+from conftest import DATA
+
+hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+warnings.filterwarnings('ignore')
+
+@pytest.fixture(scope='module')
+def mid_model():
+    "A 113M-parameter Llama with SmolLM2's tokenizer, saved like a downloaded checkpoint."
+    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                      num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    path = tempfile.mkdtemp()
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+def test_four_bit_footprint_is_the_computed_one(mid_model):
+    q4, _ = load_model(mid_model, dtype='bf16')
+    want = estimate_memory(mid_model, 'qlora', dtype='bf16')['weights'] * 1e9
+    assert abs(measured_bytes(q4) / want - 1) < 0.03
+
+@pytest.mark.parametrize('method', ['lora', 'qlora', 'full'])
+def test_weights_adapter_optimizer_within_25pct(mid_model, method):
+    m, _ = load_model(mid_model, quant='4bit' if method == 'qlora' else None)
+    got = measure_training_memory(apply_method(m, method, gradient_checkpointing=False))
+    est = estimate_memory(mid_model, method, dtype='fp32')
+    want = (est['weights'] + est['adapter'] + est['optimizer']) * 1e9
+    assert abs(sum(got.values()) / want - 1) < 0.25, (got, dict(est))
+
+CHILD = '''
+import sys, json, warnings
+warnings.filterwarnings("ignore")
+import torch, transformers, peft
+from ft_nb.models import load_model
+def status(key): return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")   # reset the peak (VmHWM) to the current RSS, after the imports
+before = status("VmRSS:")
+m, _ = load_model(sys.argv[1], quant=None, dtype="fp32")
+with torch.no_grad(): m(input_ids=torch.tensor([[1, 2, 3]]))   # touch every weight: safetensors maps the file lazily
+print(json.dumps({"before": before, "peak": status("VmHWM:"), "after": status("VmRSS:")}))
+'''
+
+def test_peak_rss_of_loading_matches_weights(mid_model):
+    "Loading the fp32 model and running it raises peak RSS by about the estimated weights (no second copy held)."
+    out = subprocess.run([sys.executable, '-c', CHILD, mid_model], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    want = estimate_memory(mid_model, 'lora', dtype='fp32')['weights'] * 1e9
+    print(f"peak RSS grew {(r['peak'] - r['before'])/1e6:.0f} MB loading; estimated weights {want/1e6:.0f} MB")
+    assert abs((r['peak'] - r['before']) / want - 1) < 0.25, (r, want)

@@ -1,0 +1,28 @@
+"QLoRA through finetune on a base whose tokenizer lacks the chat markers and whose head is untied (Llama-2 style)."
+import tempfile, warnings
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers.utils import logging as hf_logging
+from ft_nb.models import load_model
+from ft_nb.train import finetune, generate_samples
+from conftest import DATA
+
+hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+warnings.filterwarnings('ignore')
+
+def test_added_tokens_untied_head_train_and_generate():
+    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'gpt2')
+    d = tempfile.mkdtemp(); torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
+    tok.save_pretrained(d)
+    model, tok = load_model(d)                                   # 4-bit; ChatML markers and a pad token added
+    assert model.ft_nb_new_token_ids == [50257, 50258, 50259]
+    out = tempfile.mkdtemp()
+    res = finetune(model, tok, [{'instruction': 'Say hi', 'output': 'Hi!'}] * 8, output_dir=out, method='qlora', max_steps=2,
+                   per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='no',
+                   sample_prompts=['Hello'], max_new_tokens=4)
+    assert res.steps == 2 and len(res.samples) == 1            # generation after training works (no dtype mismatch)
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert any('modules_to_save' in n for n in trainable) and any('trainable_tokens' in n for n in trainable)
+    assert set(trainable.values()) == {torch.float32}

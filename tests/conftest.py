@@ -21,18 +21,11 @@ def plain(msgs):
     "Messages without the null keys Arrow adds to structs."
     return [{k: v for k, v in m.items() if v is not None} for m in msgs]
 
-def trained_runs(ex):
-    "Runs of consecutive trained token ids."
-    runs, cur = [], []
-    for i, l in zip(ex['input_ids'], ex['labels']):
-        if l != -100: cur.append(i)
-        elif cur: runs.append(cur); cur = []
-    return runs + ([cur] if cur else [])
-
 def check_trained(tok, msgs, ex, end):
     """Each run of trained tokens decodes to one assistant content (as written or trimmed) followed by the end of turn.
     The run's first token may also carry a few characters of the template before the content, where the tokenizer
     merges them into one token (`:"` after Alpaca's `### Response:`): that token is the model's first output, so it is trained."""
+    from ft_nb.data import trained_runs
     runs = trained_runs(ex)
     contents = [m['content'] for m in msgs if m['role'] == 'assistant']
     assert len(runs) == len(contents), ([tok.decode(r) for r in runs], contents)

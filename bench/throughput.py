@@ -1,0 +1,161 @@
+"""Training throughput: ft_nb's defaults against the seed recipe and plain TRL, one epoch each, measured in one run.
+
+Same tiny Llama (SmolLM2's tokenizer, hidden 192, 4 layers: about 11M parameters), the real alpaca_en_demo.json (the
+last 100 records held out), the same Alpaca prompt (Stanford's PROMPT_DICT), LoRA r=16 on q/k/v/o, the seed's
+optimisation settings (batch 4 x 4, lr 2e-4, 3% warm-up, cosine), one epoch, fp32 on the CPU:
+
+- seed:  every example padded to 512 (pad = EOS), labels = input_ids with pads masked, SFTTrainer, gradient checkpointing
+         (as `prepare_model_for_kbit_training` turns it on);
+- trl:   plain SFTTrainer on prompt/completion records: TRL tokenizes, pads per batch, its default checkpointing;
+- ft_nb: the whole `ft_nb train CONFIG.yaml` process (start-up, data preparation and the checkpoint included).
+
+Reported for each: seconds, real (non-pad) tokens per second, pad fraction, peak RSS of the process, and the mean
+loss per reply token on the 100 held-out records (the same labels for all three). Each run is its own process.
+
+Run: python bench/throughput.py [--records N]   (prints a markdown table; writes only to a temporary folder)"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time, warnings
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
+TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj']
+OPT = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4, warmup_steps=0.03, lr_scheduler_type='cosine',
+           num_train_epochs=1, report_to='none', save_strategy='no', logging_steps=10, use_cpu=True, bf16=False, seed=0)
+PROMPT = {  # Stanford Alpaca's PROMPT_DICT
+    'input': ('Below is an instruction that describes a task, paired with an input that provides further context. Write a response that '
+              'appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n'),
+    'no_input': ('Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n'
+                 '### Instruction:\n{instruction}\n\n### Response:\n')}
+
+def prompt(r): return PROMPT['input' if r.get('input') else 'no_input'].format(**r)
+
+def build_base(work):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=3,
+                      num_key_value_heads=3, tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(work/'base'); tok.save_pretrained(work/'base')
+    return sum(p.numel() for p in model.parameters())
+
+def peft_model(work):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    return get_peft_model(AutoModelForCausalLM.from_pretrained(work/'base'), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS))
+
+def worker_seed(work):
+    "The seed recipe: pad every example to 512, labels = input_ids with the pads masked."
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    tok = AutoTokenizer.from_pretrained(work/'base')
+    tok.pad_token = tok.eos_token
+    rows = json.loads((work/'train.json').read_text())
+    enc = tok([prompt(r) + r['output'] + tok.eos_token for r in rows], padding='max_length', max_length=512, truncation=True)
+    labels = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc['input_ids'], enc['attention_mask'])]
+    ds = datasets.Dataset.from_dict({'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask'], 'labels': labels})
+    model = peft_model(work)
+    model.enable_input_require_grads()
+    args = SFTConfig(output_dir=str(work/'seed'), gradient_checkpointing=True, dataset_kwargs={'skip_prepare_dataset': True}, max_length=None, **OPT)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    t = time.perf_counter(); trainer.train(); secs = time.perf_counter() - t
+    model.save_pretrained(work/'seed')
+    real = sum(map(sum, enc['attention_mask']))
+    return dict(seconds=secs, real_tokens=real, pad_fraction=1 - real / (512 * len(rows)))
+
+def _pad_fraction(trainer):
+    "Share of pad positions in the batches the trainer's dataloader makes (collation only, no model)."
+    real = total = 0
+    for b in trainer.get_train_dataloader():
+        real += int(b['attention_mask'].sum()); total += b['attention_mask'].numel()
+    return real, 1 - real / total
+
+def worker_trl(work):
+    "Plain TRL: prompt/completion records, SFTTrainer's own tokenization and per-batch padding."
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    tok = AutoTokenizer.from_pretrained(work/'base')
+    rows = json.loads((work/'train.json').read_text())
+    ds = datasets.Dataset.from_dict({'prompt': [prompt(r) for r in rows], 'completion': [r['output'] for r in rows]})
+    trainer = SFTTrainer(model=peft_model(work), args=SFTConfig(output_dir=str(work/'trl'), **OPT), train_dataset=ds, processing_class=tok)
+    real, pad = _pad_fraction(trainer)
+    t = time.perf_counter(); trainer.train(); secs = time.perf_counter() - t
+    trainer.model.save_pretrained(work/'trl')
+    return dict(seconds=secs, real_tokens=real, pad_fraction=pad)
+
+def ft_nb_stats(work):
+    "Real tokens and pad fraction of ft_nb's batches for the same records (the timed run is the `ft_nb train` process)."
+    from ft_nb.data import prepare_dataset
+    from ft_nb.models import load_model, apply_method
+    from ft_nb.train import build_trainer
+    model, tok = load_model(str(work/'base'), quant=None)
+    ds, _ = prepare_dataset(str(work/'train.json'), tok, template='alpaca')
+    trainer = build_trainer(apply_method(model, 'lora', targets=TARGETS), tok, ds, output_dir=str(work/'stats'), progress='none')
+    return _pad_fraction(trainer)
+
+def run_process(cmd, **kw):
+    "Wall seconds, peak RSS (MB) and stdout of one child process."
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **kw)
+    out = p.stdout.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode: sys.exit(f'{cmd} failed with {p.returncode}')
+    return time.perf_counter() - t, ru.ru_maxrss / 1024, out
+
+def held_out_loss(work, adapter):
+    "Mean loss per reply token on the held-out records, with ft_nb's exact Alpaca labels (the same for every run)."
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ft_nb.data import prepare_dataset
+    tok = AutoTokenizer.from_pretrained(work/'base')
+    ds, _ = prepare_dataset(str(work/'held.json'), tok, template='alpaca')
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(work/'base'), adapter).eval()
+    total = n = 0
+    with torch.no_grad():
+        for r in ds:
+            k = sum(l != -100 for l in r['labels'][1:])
+            total += float(model(input_ids=torch.tensor([r['input_ids']]), labels=torch.tensor([r['labels']])).loss) * k; n += k
+    return total / n
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--records', type=int, default=None, help='train on the first N records only (default: all but the 100 held out)')
+    ap.add_argument('--worker', choices=['seed', 'trl'], help=argparse.SUPPRESS)
+    ap.add_argument('--work', help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    warnings.filterwarnings('ignore')
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    if a.worker:
+        print(json.dumps(globals()[f'worker_{a.worker}'](Path(a.work)))); return
+    work = Path(tempfile.mkdtemp())
+    recs = json.loads((DATA/'datasets'/'alpaca_en_demo.json').read_text())
+    (work/'train.json').write_text(json.dumps(recs[:-100][:a.records]))
+    (work/'held.json').write_text(json.dumps(recs[-100:]))
+    n_params = build_base(work)
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
+    res = {}
+    for v in ('seed', 'trl'):
+        wall, rss, out = run_process([sys.executable, __file__, '--worker', v, '--work', str(work)], env=env)
+        res[v] = {**json.loads(out.strip().splitlines()[-1]), 'rss_mb': rss, 'adapter': work/v}
+    (work/'run.yaml').write_text(f"model: {work/'base'}\ndata: {work/'train.json'}\ntemplate: alpaca\nquant: null\nmethod: lora\n"
+                                 f"lora: {{r: 16, targets: [{', '.join(TARGETS)}]}}\noutput_dir: {work/'ft_nb'}\nnum_train_epochs: 1\n"
+                                 f"progress: none\nseed: 0\n")
+    exe = Path(sys.executable).parent/'ft_nb'
+    wall, rss, _ = run_process([str(exe), 'train', str(work/'run.yaml')], env=env)
+    real, pad = ft_nb_stats(work)
+    res['ft_nb'] = dict(seconds=wall, real_tokens=real, pad_fraction=pad, rss_mb=rss, adapter=work/'ft_nb')
+    for r in res.values(): r['held_out_loss'] = held_out_loss(work, r['adapter'])
+    print(f"{n_params / 1e6:.1f}M-parameter Llama, {len(recs[:-100][:a.records])} records, one epoch, {os.cpu_count()} CPU cores\n")
+    print('| run | seconds | real tokens/s | pad fraction | peak RSS MB | held-out loss | speed vs seed | speed vs trl |')
+    print('|---|---|---|---|---|---|---|---|')
+    tps = {k: r['real_tokens'] / r['seconds'] for k, r in res.items()}
+    for k, r in res.items():
+        print(f"| {k} | {r['seconds']:.0f} | {tps[k]:.0f} | {r['pad_fraction']:.1%} | {r['rss_mb']:.0f} | {r['held_out_loss']:.3f} | "
+              f"{res['seed']['seconds'] / r['seconds']:.2f}x | {res['trl']['seconds'] / r['seconds']:.2f}x |")
+
+if __name__ == '__main__': main()

@@ -26,3 +26,20 @@ def test_added_tokens_untied_head_train_and_generate():
     trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     assert any('modules_to_save' in n for n in trainable) and any('trainable_tokens' in n for n in trainable)
     assert set(trainable.values()) == {torch.float32}
+
+def test_4bit_training_base_is_recorded():
+    "The adapter folder says its base was loaded in NF4 with double quantization: `ft_nb.merge` reads it to pick the merge."
+    import json
+    from pathlib import Path
+    from ft_nb.train import TRAINING_BASE
+    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
+    d = tempfile.mkdtemp(); torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
+    tok.save_pretrained(d)
+    model, tok = load_model(d)
+    out = tempfile.mkdtemp()
+    finetune(model, tok, [{'instruction': 'Say hi', 'output': 'Hi!'}] * 4, output_dir=out, method='qlora', max_steps=1,
+             per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='no')
+    rec = json.loads((Path(out)/TRAINING_BASE).read_text())
+    assert (rec['quant'], rec['quant_type'], rec['double_quant']) == ('4bit', 'nf4', True), rec

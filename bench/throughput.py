@@ -12,14 +12,19 @@ optimisation settings (batch 4 x 4, lr 2e-4, 3% warm-up, cosine), one epoch, fp3
 Reported for each: seconds, real (non-pad) tokens per second, pad fraction, peak RSS of the process, and the mean
 loss per reply token on the 100 held-out records (the same labels for all three). Each run is its own process.
 
-Run: python bench/throughput.py [--records N]   (prints a markdown table; writes only to a temporary folder)"""
+Run: python bench/throughput.py [--records N]   (prints a markdown table; writes only to a temporary folder)
+GPU variant: python bench/throughput.py --gpu   (a 0.5B-size config, bf16, and torch.cuda.max_memory_allocated for each run)"""
 import argparse, json, os, resource, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
 TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj']
+GPU = os.environ.get('FT_NB_BENCH_GPU') == '1'
 OPT = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4, warmup_steps=0.03, lr_scheduler_type='cosine',
-           num_train_epochs=1, report_to='none', save_strategy='no', logging_steps=10, use_cpu=True, bf16=False, seed=0)
+           num_train_epochs=1, report_to='none', save_strategy='no', logging_steps=10, seed=0,
+           **(dict(bf16=True) if GPU else dict(use_cpu=True, bf16=False)))
+SIZES = {'cpu': dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=3, num_key_value_heads=3),   # ~11M
+         'gpu': dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)}  # Qwen2.5-0.5B's shape
 PROMPT = {  # Stanford Alpaca's PROMPT_DICT
     'input': ('Below is an instruction that describes a task, paired with an input that provides further context. Write a response that '
               'appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n'),
@@ -33,16 +38,18 @@ def build_base(work):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
     tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=3,
-                      num_key_value_heads=3, tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(vocab_size=len(tok), **SIZES['gpu' if GPU else 'cpu'], tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id)
     model = AutoModelForCausalLM.from_config(cfg)
+    if GPU: model = model.to(torch.bfloat16)
     model.save_pretrained(work/'base'); tok.save_pretrained(work/'base')
     return sum(p.numel() for p in model.parameters())
 
 def peft_model(work):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    return get_peft_model(AutoModelForCausalLM.from_pretrained(work/'base'), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS))
+    model = AutoModelForCausalLM.from_pretrained(work/'base', **(dict(dtype='bfloat16', device_map={'': 0}) if GPU else {}))
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS))
 
 def worker_seed(work):
     "The seed recipe: pad every example to 512, labels = input_ids with the pads masked."
@@ -62,7 +69,7 @@ def worker_seed(work):
     t = time.perf_counter(); trainer.train(); secs = time.perf_counter() - t
     model.save_pretrained(work/'seed')
     real = sum(map(sum, enc['attention_mask']))
-    return dict(seconds=secs, real_tokens=real, pad_fraction=1 - real / (512 * len(rows)))
+    return dict(seconds=secs, real_tokens=real, pad_fraction=1 - real / (512 * len(rows)), **_gpu_memory())
 
 def _pad_fraction(trainer):
     "Share of pad positions in the batches the trainer's dataloader makes (collation only, no model)."
@@ -83,7 +90,11 @@ def worker_trl(work):
     real, pad = _pad_fraction(trainer)
     t = time.perf_counter(); trainer.train(); secs = time.perf_counter() - t
     trainer.model.save_pretrained(work/'trl')
-    return dict(seconds=secs, real_tokens=real, pad_fraction=pad)
+    return dict(seconds=secs, real_tokens=real, pad_fraction=pad, **_gpu_memory())
+
+def _gpu_memory():
+    import torch
+    return dict(gpu_gb=torch.cuda.max_memory_allocated() / 2**30) if GPU else {}
 
 def ft_nb_stats(work):
     "Real tokens and pad fraction of ft_nb's batches for the same records (the timed run is the `ft_nb train` process)."
@@ -124,12 +135,15 @@ def held_out_loss(work, adapter):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--records', type=int, default=None, help='train on the first N records only (default: all but the 100 held out)')
+    ap.add_argument('--gpu', action='store_true', help='the GPU variant: a 0.5B-size config in bf16, with max_memory_allocated')
     ap.add_argument('--worker', choices=['seed', 'trl'], help=argparse.SUPPRESS)
     ap.add_argument('--work', help=argparse.SUPPRESS)
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    if a.gpu: os.environ['FT_NB_BENCH_GPU'] = '1'   # read by this module in the worker processes too
+    global GPU; GPU = GPU or a.gpu
     if a.worker:
         print(json.dumps(globals()[f'worker_{a.worker}'](Path(a.work)))); return
     work = Path(tempfile.mkdtemp())
@@ -149,13 +163,15 @@ def main():
     wall, rss, _ = run_process([str(exe), 'train', str(work/'run.yaml')], env=env)
     real, pad = ft_nb_stats(work)
     res['ft_nb'] = dict(seconds=wall, real_tokens=real, pad_fraction=pad, rss_mb=rss, adapter=work/'ft_nb')
+    if GPU: res['ft_nb']['gpu_gb'] = json.loads((work/'ft_nb'/'metrics.json').read_text())['gpu_peak_gb']
     for r in res.values(): r['held_out_loss'] = held_out_loss(work, r['adapter'])
-    print(f"{n_params / 1e6:.1f}M-parameter Llama, {len(recs[:-100][:a.records])} records, one epoch, {os.cpu_count()} CPU cores\n")
-    print('| run | seconds | real tokens/s | pad fraction | peak RSS MB | held-out loss | speed vs seed | speed vs trl |')
-    print('|---|---|---|---|---|---|---|---|')
+    where = f'GPU {__import__("torch").cuda.get_device_name(0)}' if GPU else f'{os.cpu_count()} CPU cores'
+    print(f"{n_params / 1e6:.1f}M-parameter Llama, {len(recs[:-100][:a.records])} records, one epoch, {where}\n")
+    print('| run | seconds | real tokens/s | pad fraction | peak RSS MB | held-out loss | speed vs seed | speed vs trl |' + (' GPU max allocated |' if GPU else ''))
+    print('|---|---|---|---|---|---|---|---|' + ('---|' if GPU else ''))
     tps = {k: r['real_tokens'] / r['seconds'] for k, r in res.items()}
     for k, r in res.items():
         print(f"| {k} | {r['seconds']:.0f} | {tps[k]:.0f} | {r['pad_fraction']:.1%} | {r['rss_mb']:.0f} | {r['held_out_loss']:.3f} | "
-              f"{res['seed']['seconds'] / r['seconds']:.2f}x | {res['trl']['seconds'] / r['seconds']:.2f}x |")
+              f"{res['seed']['seconds'] / r['seconds']:.2f}x | {res['trl']['seconds'] / r['seconds']:.2f}x |" + (f" {r['gpu_gb']:.2f} GB |" if GPU else ''))
 
 if __name__ == '__main__': main()

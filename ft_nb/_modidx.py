@@ -193,4 +193,5 @@ d = { 'settings': { 'branch': 'main',
                              'ft_nb.train.last_checkpoint': ('train.html#last_checkpoint', 'ft_nb/train.py'),
                              'ft_nb.train.save_adapter': ('train.html#save_adapter', 'ft_nb/train.py'),
                              'ft_nb.train.sft_config': ('train.html#sft_config', 'ft_nb/train.py'),
+                             'ft_nb.train.sft_trainer_class': ('train.html#sft_trainer_class', 'ft_nb/train.py'),
                              'ft_nb.train.training_base': ('train.html#training_base', 'ft_nb/train.py')}}}

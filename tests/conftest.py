@@ -35,3 +35,16 @@ def check_trained(tok, msgs, ex, end):
         assert ok, (text, c, end)
         extra = text[:len(text) - len(ok[0])]
         assert not extra or extra in tok.decode(run[:1]), (extra, tok.decode(run[:1]))
+
+def mid_llama(dtype=None):
+    "A 113M-parameter Llama with SmolLM2's tokenizer, saved like a downloaded checkpoint (in `dtype` if given); (folder, parameters)."
+    import tempfile, torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    tok = load_tok('smollm2')
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                      num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model, path = AutoModelForCausalLM.from_config(cfg), tempfile.mkdtemp()
+    (model.to(dtype) if dtype else model).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path, sum(p.numel() for p in model.parameters())

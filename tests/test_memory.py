@@ -1,25 +1,15 @@
 "The memory estimator against measurements on a ~100M-parameter model (CPU): weights, adapter, optimizer state, peak RSS."
-import json, os, subprocess, sys, tempfile, warnings
+import json, os, subprocess, sys, warnings
 import pytest, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model, apply_method, estimate_memory, measure_training_memory, measured_bytes
-from conftest import DATA
+from conftest import mid_llama
 
 hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
 warnings.filterwarnings('ignore')
 
 @pytest.fixture(scope='module')
-def mid_model():
-    "A 113M-parameter Llama with SmolLM2's tokenizer, saved like a downloaded checkpoint."
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                      num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    path = tempfile.mkdtemp()
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def mid_model(): return mid_llama()[0]
 
 def test_four_bit_footprint_is_the_computed_one(mid_model):
     q4, _ = load_model(mid_model, dtype='bf16')

@@ -2,11 +2,10 @@
 import json, shutil, subprocess, sys, tempfile, warnings
 from pathlib import Path
 import pytest, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model
 from ft_nb.train import finetune
-from conftest import DATA
+from conftest import DATA, mid_llama
 
 hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
 warnings.filterwarnings('ignore')
@@ -14,17 +13,12 @@ warnings.filterwarnings('ignore')
 @pytest.fixture(scope='module')
 def mid_adapter():
     "A 113M-parameter Llama (SmolLM2's tokenizer) and a QLoRA adapter trained on it for a few steps."
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                      num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    base, adapter = tempfile.mkdtemp(), tempfile.mkdtemp()
-    AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(base)   # 16-bit on disk, as hub checkpoints are
-    tok.save_pretrained(base)
+    base, n_params = mid_llama(torch.bfloat16)   # 16-bit on disk, as hub checkpoints are
+    adapter = tempfile.mkdtemp()
     model, tok = load_model(base)
     finetune(model, tok, DATA/'datasets'/'alpaca_en_demo.json', output_dir=adapter, method='qlora', max_steps=3, learning_rate=1e-2, max_length=64,
              per_device_train_batch_size=2, gradient_accumulation_steps=1, save_strategy='no', progress='none')
-    return base, adapter, sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    return base, adapter, n_params
 
 CHILD = '''
 import sys, json, threading, time, warnings

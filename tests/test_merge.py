@@ -34,14 +34,14 @@ open("/proc/self/clear_refs", "w").write("5")   # reset VmHWM to the current RSS
 before, anon = status("VmRSS:"), status("RssAnon:")
 rep = merge_adapter(sys.argv[1], sys.argv[2], dtype="bf16")
 done.set()
-print(json.dumps({"rss_grew": status("VmHWM:") - before, "anon_grew": peak[0] - anon, "max_dlogit": rep.vs_trained_max}))
+print(json.dumps({"rss_grew": status("VmHWM:") - before, "anon_grew": peak[0] - anon, "max_dlogit": rep.max_dlogit}))
 '''
 
 def test_merge_peak_memory(mid_adapter, tmp_path):
-    """Peak heap growth of a whole merge (two 4-bit loads, dequantization, merge, verification, save) against the merged size.
-    Measured per phase: each 4-bit load through transformers on the CPU grows the heap by about 1.6x the merged size while it
-    quantizes, and that sets the peak (1.6-2.6x over runs); dequantizing, merging and saving add less than that. Not the ~1.3x
-    we aim for: the bound here only says that no phase holds two full copies plus the 4-bit one."""
+    """Peak memory of a whole QLoRA merge (one 16-bit load, the 4-bit weights reproduced layer by layer, verification, merge, save)
+    against the merged model's size. Measured here: the heap peak grows by 1.22-1.30x the merged size over runs (1.13x for
+    mode='original'); RSS counting the checkpoint's pages mapped from the page cache, which the kernel can drop, by 2.3-2.4x.
+    The earlier design, which loaded the base in 4-bit through transformers (twice), peaked at 1.6-2.6x on the heap."""
     base, adapter, n_params = mid_adapter
     out = subprocess.run([sys.executable, '-c', CHILD, adapter, str(tmp_path/'merged')], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -49,8 +49,10 @@ def test_merge_peak_memory(mid_adapter, tmp_path):
     merged_bytes = sum(f.stat().st_size for f in (tmp_path/'merged').glob('*.safetensors'))
     assert abs(merged_bytes / (2 * n_params) - 1) < 0.01            # bf16, one copy of the tied embeddings
     print(f"merge of a {n_params/1e6:.0f}M model ({merged_bytes/1e6:.0f} MB merged): heap peak grew {r['anon_grew']/1e6:.0f} MB "
-          f"({r['anon_grew']/merged_bytes:.2f}x), RSS with mapped files {r['rss_grew']/1e6:.0f} MB; max |dlogit| vs trained {r['max_dlogit']:.4f}")
-    assert r['anon_grew'] <= 3.0 * merged_bytes, (r, merged_bytes)
+          f"({r['anon_grew']/merged_bytes:.2f}x), RSS with mapped files {r['rss_grew']/1e6:.0f} MB ({r['rss_grew']/merged_bytes:.2f}x); "
+          f"max |dlogit| merged vs unmerged {r['max_dlogit']:.4f}")
+    assert r['anon_grew'] <= 1.4 * merged_bytes, (r, merged_bytes)   # never a second full copy on the heap
+    assert r['rss_grew'] <= 2.6 * merged_bytes, (r, merged_bytes)    # the heap and, at most, the mapped checkpoint
     assert r['max_dlogit'] <= 0.1                                     # bf16 rounding on logits of this model's scale
 
 def test_cli_merge(mid_adapter, tmp_path):
@@ -58,7 +60,10 @@ def test_cli_merge(mid_adapter, tmp_path):
     exe = shutil.which('ft_nb') or str(Path(sys.executable).parent/'ft_nb')
     r = subprocess.run([exe, 'merge', adapter, '--out', str(tmp_path/'m')], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'merged (nf4, bfloat16)' in r.stdout and 'against the model as trained' in r.stdout
+    assert 'merged (nf4, bfloat16)' in r.stdout and 'against the model as trained' not in r.stdout   # no 4-bit load unless asked
     again = subprocess.run([exe, 'merge', adapter, '--out', str(tmp_path/'m')], capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and again.stderr.startswith('ft_nb merge: ') and 'exists and is not empty' in again.stderr
     assert json.loads((tmp_path/'m'/'merge_report.json').read_text())['mode'] == 'nf4'
+    checked = subprocess.run([exe, 'merge', adapter, '--out', str(tmp_path/'m'), '--overwrite', '--check-4bit'], capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 0 and 'against the model as trained' in checked.stdout, checked.stderr[-3000:]
+    assert json.loads((tmp_path/'m'/'merge_report.json').read_text())['vs_trained_max'] <= 0.1   # bf16 rounding on logits of this model's scale

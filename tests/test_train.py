@@ -42,4 +42,4 @@ def test_4bit_training_base_is_recorded():
     finetune(model, tok, [{'instruction': 'Say hi', 'output': 'Hi!'}] * 4, output_dir=out, method='qlora', max_steps=1,
              per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='no')
     rec = json.loads((Path(out)/TRAINING_BASE).read_text())
-    assert (rec['quant'], rec['quant_type'], rec['double_quant']) == ('4bit', 'nf4', True), rec
+    assert (rec['quant'], rec['quant_type'], rec['double_quant'], rec['quant_storage']) == ('4bit', 'nf4', True, 'uint8'), rec

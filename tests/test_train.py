@@ -43,3 +43,31 @@ def test_4bit_training_base_is_recorded():
              per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='no')
     rec = json.loads((Path(out)/TRAINING_BASE).read_text())
     assert (rec['quant'], rec['quant_type'], rec['double_quant'], rec['quant_storage']) == ('4bit', 'nf4', True, 'uint8'), rec
+
+def test_checkpoints_hold_what_the_adapter_holds():
+    "With added tokens PEFT would put both whole embedding matrices (and the head three times) in every checkpoint: ours match the final adapter."
+    import os
+    from pathlib import Path
+    from safetensors import safe_open
+    from ft_nb.merge import read_adapter
+    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'gpt2')
+    d = tempfile.mkdtemp(); torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
+    tok.save_pretrained(d)
+    model, tok = load_model(d)
+    out = Path(tempfile.mkdtemp())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        finetune(model, tok, DATA/'datasets'/'alpaca_en_demo.json', output_dir=out, method='qlora', max_steps=2, max_length=64,
+                 per_device_train_batch_size=2, gradient_accumulation_steps=1, progress='none', save_strategy='steps', save_steps=1)
+    assert not [w for w in caught if 'save_embedding_layers' in str(w.message)]
+    def keys(folder):
+        with safe_open(folder/'adapter_model.safetensors', 'pt') as f: return sorted(f.keys())
+    final = keys(out)
+    assert 'base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta' in final and 'base_model.model.lm_head.weight' in final
+    for ck in ('checkpoint-1', 'checkpoint-2'):
+        assert keys(out/ck) == final, (ck, keys(out/ck))
+        assert os.path.getsize(out/ck/'adapter_model.safetensors') == os.path.getsize(out/'adapter_model.safetensors')
+        assert read_adapter(out/ck)['training_base']['quant'] == '4bit'           # a checkpoint merges like the final adapter
+        assert (out/ck/'trainer_state.json').exists() and (out/ck/'training_args.bin').exists()

@@ -14,7 +14,7 @@ loss per reply token on the 100 held-out records (the same labels for all three)
 
 Run: python bench/throughput.py [--records N]   (prints a markdown table; writes only to a temporary folder)
 GPU variant: python bench/throughput.py --gpu   (a 0.5B-size config, bf16, and torch.cuda.max_memory_allocated for each run)"""
-import argparse, json, os, resource, subprocess, sys, tempfile, time, warnings
+import argparse, json, os, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'

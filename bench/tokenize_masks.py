@@ -2,7 +2,7 @@
 conversations, on the real datasets and tokenizers in ../shared/data, and its growth with the number of turns.
 
 Run: python bench/tokenize_masks.py  (prints a table; writes nothing)."""
-import json, sys, time, warnings
+import time, warnings
 from pathlib import Path
 from transformers import AutoTokenizer
 from ft_nb.data import load_records, fix_tokenizer, tokenize_chat

@@ -36,6 +36,17 @@ def check_trained(tok, msgs, ex, end):
         extra = text[:len(text) - len(ok[0])]
         assert not extra or extra in tok.decode(run[:1]), (extra, tok.decode(run[:1]))
 
+def tiny_llama(folder=None, tok_name='smollm2'):
+    "A 2-layer Llama (hidden 64, untied head) with a real tokenizer, saved like a downloaded checkpoint; its folder."
+    import tempfile, torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    tok, folder = load_tok(tok_name), folder or tempfile.mkdtemp()
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
 def mid_llama(dtype=None):
     "A 113M-parameter Llama with SmolLM2's tokenizer, saved like a downloaded checkpoint (in `dtype` if given); (folder, parameters)."
     import tempfile, torch

@@ -5,7 +5,6 @@ to end and checks that the widget panel rendered: a progress bar that reached th
 the loss plot as an image. The screenshot is kept in tests/artifacts/jupyterlab_progress.png."""
 import json, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
-import pytest
 
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 ARTIFACTS = Path(__file__).parent/'artifacts'

@@ -1,15 +1,9 @@
 "`ft_nb train` unchanged under torchrun: two CPU processes (gloo), both train, one adapter is written."
 import json, os, re, shutil, subprocess, sys
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-from conftest import DATA
+from conftest import DATA, tiny_llama
 
 def test_two_processes_gloo(tmp_path):
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path/'base')
-    tok.save_pretrained(tmp_path/'base')
+    tiny_llama(tmp_path/'base')
     out = tmp_path/'out'
     (tmp_path/'run.yaml').write_text(f"model: {tmp_path/'base'}\ndata: {DATA/'datasets'/'alpaca_en_demo.json'}\nmax_length: 64\n"
                                      f"output_dir: {out}\nprogress: console\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 1\n"

@@ -1,6 +1,6 @@
 "The memory estimator against measurements on a ~100M-parameter model (CPU): weights, adapter, optimizer state, peak RSS."
-import json, os, subprocess, sys, warnings
-import pytest, torch
+import json, subprocess, sys, warnings
+import pytest
 from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model, apply_method, estimate_memory, measure_training_memory, measured_bytes
 from conftest import mid_llama

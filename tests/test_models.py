@@ -1,11 +1,9 @@
 "Loading, adapters and generation on tiny models of six architectures, built from configs and loaded like a hub name."
 import json, tempfile, warnings
-from pathlib import Path
 import pytest, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config, MistralConfig, GemmaConfig, Phi3Config, GPT2Config
 from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model, apply_method, linear_layers, trainable_report
-from ft_nb.data import fix_tokenizer
 from conftest import DATA
 
 hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()

@@ -1,9 +1,8 @@
 "A run killed with SIGKILL in the middle of writing a checkpoint resumes from the last complete one and ends with the same adapter."
-import json, os, signal, subprocess, sys, textwrap
+import json, signal, subprocess, sys, textwrap
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-from conftest import DATA
+from conftest import DATA, tiny_llama
 
 SCRIPT = textwrap.dedent('''
     import os, signal, sys, warnings
@@ -27,20 +26,13 @@ SCRIPT = textwrap.dedent('''
     print('steps', res.steps)
 ''')
 
-def _tiny_base(d):
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'gpt2')
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
-    tok.save_pretrained(d)
-
 def _run(script, model_dir, out, mode):
     return subprocess.run([sys.executable, str(script), str(model_dir), str(out), mode, str(DATA/'datasets'/'alpaca_en_demo.json')],
                           capture_output=True, text=True, timeout=600)
 
 def test_sigkill_mid_save_resumes_to_the_same_adapter(tmp_path):
     script, base = tmp_path/'run.py', tmp_path/'base'
-    script.write_text(SCRIPT); _tiny_base(base)
+    script.write_text(SCRIPT); tiny_llama(base, tok_name='gpt2')
     full = _run(script, base, tmp_path/'full', 'full')
     assert full.returncode == 0, full.stderr[-3000:]
     killed = _run(script, base, tmp_path/'run', 'kill')

@@ -1,21 +1,16 @@
 "QLoRA through finetune on a base whose tokenizer lacks the chat markers and whose head is untied (Llama-2 style)."
 import tempfile, warnings
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model
-from ft_nb.train import finetune, generate_samples
-from conftest import DATA
+from ft_nb.train import finetune
+from conftest import DATA, tiny_llama
 
 hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
 warnings.filterwarnings('ignore')
 
 def test_added_tokens_untied_head_train_and_generate():
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'gpt2')
-    d = tempfile.mkdtemp(); torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
-    tok.save_pretrained(d)
+    d = tiny_llama(tok_name='gpt2')
     model, tok = load_model(d)                                   # 4-bit; ChatML markers and a pad token added
     assert model.ft_nb_new_token_ids == [50257, 50258, 50259]
     out = tempfile.mkdtemp()
@@ -32,11 +27,7 @@ def test_4bit_training_base_is_recorded():
     import json
     from pathlib import Path
     from ft_nb.train import TRAINING_BASE
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'smollm2')
-    d = tempfile.mkdtemp(); torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
-    tok.save_pretrained(d)
+    d = tiny_llama()
     model, tok = load_model(d)
     out = tempfile.mkdtemp()
     finetune(model, tok, [{'instruction': 'Say hi', 'output': 'Hi!'}] * 4, output_dir=out, method='qlora', max_steps=1,
@@ -50,11 +41,7 @@ def test_checkpoints_hold_what_the_adapter_holds():
     from pathlib import Path
     from safetensors import safe_open
     from ft_nb.merge import read_adapter
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/'gpt2')
-    d = tempfile.mkdtemp(); torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)
-    tok.save_pretrained(d)
+    d = tiny_llama(tok_name='gpt2')
     model, tok = load_model(d)
     out = Path(tempfile.mkdtemp())
     with warnings.catch_warnings(record=True) as caught:

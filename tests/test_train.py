@@ -23,17 +23,19 @@ def test_added_tokens_untied_head_train_and_generate():
     assert set(trainable.values()) == {torch.float32}
 
 def test_4bit_training_base_is_recorded():
-    "The adapter folder says its base was loaded in NF4 with double quantization: `ft_nb.merge` reads it to pick the merge."
+    "The adapter folder, and each checkpoint, says its base was loaded in NF4 with double quantization: `ft_nb.merge` reads it to pick the merge."
     import json
     from pathlib import Path
     from ft_nb.train import TRAINING_BASE
     d = tiny_llama()
     model, tok = load_model(d)
+    assert model.ft_nb_new_token_ids == []                     # SmolLM2's tokenizer has its markers: no tokens added
     out = tempfile.mkdtemp()
     finetune(model, tok, [{'instruction': 'Say hi', 'output': 'Hi!'}] * 4, output_dir=out, method='qlora', max_steps=1,
-             per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='no')
+             per_device_train_batch_size=4, gradient_accumulation_steps=1, progress='none', save_strategy='steps', save_steps=1)
     rec = json.loads((Path(out)/TRAINING_BASE).read_text())
     assert (rec['quant'], rec['quant_type'], rec['double_quant'], rec['quant_storage']) == ('4bit', 'nf4', True, 'uint8'), rec
+    assert json.loads((Path(out)/'checkpoint-1'/TRAINING_BASE).read_text()) == rec
 
 def test_checkpoints_hold_what_the_adapter_holds():
     "With added tokens PEFT would put both whole embedding matrices (and the head three times) in every checkpoint: ours match the final adapter."

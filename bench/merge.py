@@ -20,7 +20,7 @@ transformers in bf16, against the model as trained (the base loaded in 4-bit plu
 Run: python bench/merge.py   (prints a markdown table; writes only to a temporary folder)"""
 import argparse, json, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
-from ft_nb.merge import FIXED_PROMPTS
+from ft_nb.generation import FIXED_PROMPTS
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
 
@@ -61,7 +61,7 @@ def worker_trained(work):
     "Logits of the model as trained: the base in 4-bit plus the adapter."
     import torch
     from peft import PeftModel
-    from ft_nb.merge import prompt_logits
+    from ft_nb.generation import prompt_logits
     from ft_nb.models import load_model
     m4, tok = load_model(str(work/'base'), quant='4bit', dtype='fp32', tokenizer=str(work/'adapter'))
     torch.save(prompt_logits(PeftModel.from_pretrained(m4, str(work/'adapter')), tok, json.loads((work/'prompts.json').read_text())), work/'trained.pt')
@@ -83,7 +83,7 @@ def worker_gap(work, name):
     "The saved folder, reloaded with plain transformers, against the model as trained."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from ft_nb.merge import logit_gap, prompt_logits
+    from ft_nb.generation import logit_gap, prompt_logits
     model = AutoModelForCausalLM.from_pretrained(work/name, dtype=torch.bfloat16)
     logits = prompt_logits(model, AutoTokenizer.from_pretrained(work/name), json.loads((work/'prompts.json').read_text()))
     print(json.dumps(logit_gap(torch.load(work/'trained.pt'), logits)))

@@ -99,7 +99,8 @@ def _gpu_memory():
 def ft_nb_stats(work):
     "Real tokens and pad fraction of ft_nb's batches for the same records (the timed run is the `ft_nb train` process)."
     from ft_nb.data import prepare_dataset
-    from ft_nb.models import load_model, apply_method
+    from ft_nb.models import load_model
+    from ft_nb.methods import apply_method
     from ft_nb.train import build_trainer
     model, tok = load_model(str(work/'base'), quant=None)
     ds, _ = prepare_dataset(str(work/'train.json'), tok, template='alpaca')

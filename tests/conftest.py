@@ -1,21 +1,15 @@
-import warnings
-from pathlib import Path
 import pytest
+from ft_nb.testing import load_tok, quiet, shared_data  # load_tok: the tests import it from here
 
-DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
+DATA = shared_data()
 TOKENIZERS = ['gpt2', 'smollm2', 'mistral-7b-instruct-v0.3', 'qwen2.5']
 
-def pytest_configure(config):
-    warnings.filterwarnings('ignore', message='added .* to the tokenizer')
+def pytest_configure(config): quiet()
 
 @pytest.fixture(scope='session')
 def data_dir():
     if not DATA.exists(): pytest.fail(f'test data not found at {DATA}: the shared data folder must sit beside the repository')
     return DATA
-
-def load_tok(name):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(DATA/'tokenizers'/name)
 
 def plain(msgs):
     "Messages without the null keys Arrow adds to structs."
@@ -35,27 +29,3 @@ def check_trained(tok, msgs, ex, end):
         assert ok, (text, c, end)
         extra = text[:len(text) - len(ok[0])]
         assert not extra or extra in tok.decode(run[:1]), (extra, tok.decode(run[:1]))
-
-def tiny_llama(folder=None, tok_name='smollm2'):
-    "A 2-layer Llama (hidden 64, untied head) with a real tokenizer, saved like a downloaded checkpoint; its folder."
-    import tempfile, torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    tok, folder = load_tok(tok_name), folder or tempfile.mkdtemp()
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-def mid_llama(dtype=None):
-    "A 113M-parameter Llama with SmolLM2's tokenizer, saved like a downloaded checkpoint (in `dtype` if given); (folder, parameters)."
-    import tempfile, torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    tok = load_tok('smollm2')
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                      num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model, path = AutoModelForCausalLM.from_config(cfg), tempfile.mkdtemp()
-    (model.to(dtype) if dtype else model).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path, sum(p.numel() for p in model.parameters())

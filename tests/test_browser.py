@@ -10,20 +10,16 @@ CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
 ARTIFACTS = Path(__file__).parent/'artifacts'
 
 CELLS = [
-    "import warnings, tempfile, torch\nwarnings.filterwarnings('ignore')\n"
-    "from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig\n"
-    "from transformers.utils import logging as hf_logging\nhf_logging.set_verbosity_error()\n"
+    "import tempfile\nfrom ft_nb.testing import quiet, tiny_llama\nquiet()\n"
     "from ft_nb.models import load_model\nfrom ft_nb.train import finetune",
-    "tok = AutoTokenizer.from_pretrained({tok!r})\nd = tempfile.mkdtemp(); torch.manual_seed(0)\n"
-    "AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,"
-    " num_attention_heads=2, num_key_value_heads=1)).save_pretrained(d)\ntok.save_pretrained(d)\nmodel, tok = load_model(d, quant=None)",
+    "model, tok = load_model(tiny_llama(), quant=None)",
     "res = finetune(model, tok, {data!r}, output_dir=tempfile.mkdtemp(), method='lora', max_steps=12, logging_steps=2, max_length=64,\n"
     "               per_device_train_batch_size=2, gradient_accumulation_steps=1, save_strategy='no', progress='notebook')",
     "print('RUN', 'FINISHED', res.steps)",
 ]
 
 def _notebook(path, data_dir):
-    src = [c.format(tok=str(data_dir/'tokenizers'/'smollm2'), data=str(data_dir/'datasets'/'alpaca_en_demo.json')) for c in CELLS]
+    src = [c.format(data=str(data_dir/'datasets'/'alpaca_en_demo.json')) for c in CELLS]
     nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'id': f'c{i}', 'metadata': {}, 'outputs': [], 'source': s}
                     for i, s in enumerate(src)],
           'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
@@ -45,7 +41,7 @@ def test_progress_panel_renders_in_jupyterlab(tmp_path, data_dir):
     assert Path(CHROMIUM).exists(), "Chromium is needed (Debian: apt-get install chromium); .ci/run installs it"
     _notebook(tmp_path/'train.ipynb', data_dir)
     port, token = _free_port(), 'ft-nb-test'
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'JUPYTER_PLATFORM_DIRS': '1'}
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'JUPYTER_PLATFORM_DIRS': '1', 'FT_NB_DATA': str(data_dir)}   # the kernel runs in tmp_path
     lab = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ServerApp.ip=127.0.0.1',
                             f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={tmp_path}', '--LabApp.expose_app_in_browser=True',
                             '--allow-root'], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path/'lab.log', 'w'))

@@ -1,9 +1,10 @@
 "`ft_nb train` unchanged under torchrun: two CPU processes (gloo), both train, one adapter is written."
 import json, os, re, shutil, subprocess, sys
-from conftest import DATA, tiny_llama
+from ft_nb.testing import tiny_llama
+from conftest import DATA
 
 def test_two_processes_gloo(tmp_path):
-    tiny_llama(tmp_path/'base')
+    tiny_llama(folder=tmp_path/'base')
     out = tmp_path/'out'
     (tmp_path/'run.yaml').write_text(f"model: {tmp_path/'base'}\ndata: {DATA/'datasets'/'alpaca_en_demo.json'}\nmax_length: 64\n"
                                      f"output_dir: {out}\nprogress: console\nper_device_train_batch_size: 4\ngradient_accumulation_steps: 1\n"

@@ -1,14 +1,12 @@
 "Merging a QLoRA adapter into a ~100M-parameter base: peak memory stays near the merged model's size; the CLI prints the figures."
-import json, shutil, subprocess, sys, tempfile, warnings
+import json, shutil, subprocess, sys, tempfile
 from pathlib import Path
 import pytest, torch
-from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model
 from ft_nb.train import finetune
-from conftest import DATA, mid_llama
+from ft_nb.testing import mid_llama
+from conftest import DATA
 
-hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-warnings.filterwarnings('ignore')
 
 @pytest.fixture(scope='module')
 def mid_adapter():

@@ -1,26 +1,18 @@
 "Loading, adapters and generation on tiny models of six architectures, built from configs and loaded like a hub name."
-import json, tempfile, warnings
+import json
 import pytest, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config, MistralConfig, GemmaConfig, Phi3Config, GPT2Config
-from transformers.utils import logging as hf_logging
-from ft_nb.models import load_model, apply_method, linear_layers, trainable_report
-from conftest import DATA
+from transformers import LlamaConfig, Qwen2Config, MistralConfig, GemmaConfig, Phi3Config, GPT2Config
+from ft_nb.models import load_model, linear_layers
+from ft_nb.methods import apply_method, trainable_report
+from ft_nb.testing import tiny_model
 
-hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-warnings.filterwarnings('ignore')
 
 BASE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
 ARCHS = {'llama': (LlamaConfig, BASE), 'qwen2': (Qwen2Config, BASE), 'mistral': (MistralConfig, BASE),
          'gemma': (GemmaConfig, {**BASE, 'head_dim': 64}), 'phi3': (Phi3Config, {**BASE, 'num_key_value_heads': 2, 'pad_token_id': 0}),
          'gpt2': (GPT2Config, dict(n_embd=128, n_layer=2, n_head=2, n_positions=256))}
 
-def save_tiny(cfg_cls, kw, tok_name='smollm2'):
-    tok = AutoTokenizer.from_pretrained(DATA/'tokenizers'/tok_name)
-    torch.manual_seed(0)
-    path = tempfile.mkdtemp()
-    AutoModelForCausalLM.from_config(cfg_cls(vocab_size=len(tok), **kw)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def save_tiny(cfg_cls, kw): return tiny_model(cfg_cls, **kw)
 
 @pytest.mark.parametrize('arch', list(ARCHS))
 @pytest.mark.parametrize('quant', ['4bit', None])
@@ -57,8 +49,3 @@ def test_remote_code_is_not_run_unless_asked(tmp_path):
     (tmp_path/'configuration_evil.py').write_text(f'open({str(marker)!r}, "w").write("x")\nfrom transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig): model_type = "evil"\n')
     with pytest.raises(Exception, match='trust_remote_code'): load_model(tmp_path)
     assert not marker.exists()
-
-def test_unknown_folder_and_name(tmp_path, monkeypatch):
-    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    with pytest.raises(FileNotFoundError, match='has no config.json'): load_model(tmp_path)
-    with pytest.raises(OSError, match='could not be found on the Hugging Face hub'): load_model('nobody/nothing-here')

@@ -2,16 +2,16 @@
 import json, signal, subprocess, sys, textwrap
 import torch
 from safetensors.torch import load_file
-from conftest import DATA, tiny_llama
+from ft_nb.testing import tiny_llama
+from conftest import DATA
 
 SCRIPT = textwrap.dedent('''
-    import os, signal, sys, warnings
-    warnings.filterwarnings('ignore')
+    import os, signal, sys
     from transformers import Trainer
-    from transformers.utils import logging as hf_logging
     from ft_nb.models import load_model
+    from ft_nb.testing import quiet
     from ft_nb.train import finetune
-    hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
+    quiet()
     model_dir, out, mode = sys.argv[1:4]
     if mode == 'kill':   # die like a preempted Colab VM: after the weights of checkpoint-9 are written, before its trainer_state.json
         save_rng = Trainer._save_rng_state
@@ -32,7 +32,7 @@ def _run(script, model_dir, out, mode):
 
 def test_sigkill_mid_save_resumes_to_the_same_adapter(tmp_path):
     script, base = tmp_path/'run.py', tmp_path/'base'
-    script.write_text(SCRIPT); tiny_llama(base, tok_name='gpt2')
+    script.write_text(SCRIPT); tiny_llama('gpt2', base)
     full = _run(script, base, tmp_path/'full', 'full')
     assert full.returncode == 0, full.stderr[-3000:]
     killed = _run(script, base, tmp_path/'run', 'kill')

@@ -1,16 +1,14 @@
 "QLoRA through finetune on a base whose tokenizer lacks the chat markers and whose head is untied (Llama-2 style)."
 import tempfile, warnings
 import torch
-from transformers.utils import logging as hf_logging
 from ft_nb.models import load_model
 from ft_nb.train import finetune
-from conftest import DATA, tiny_llama
+from ft_nb.testing import tiny_llama
+from conftest import DATA
 
-hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
-warnings.filterwarnings('ignore')
 
 def test_added_tokens_untied_head_train_and_generate():
-    d = tiny_llama(tok_name='gpt2')
+    d = tiny_llama('gpt2')
     model, tok = load_model(d)                                   # 4-bit; ChatML markers and a pad token added
     assert model.ft_nb_new_token_ids == [50257, 50258, 50259]
     out = tempfile.mkdtemp()
@@ -26,7 +24,7 @@ def test_4bit_training_base_is_recorded():
     "The adapter folder, and each checkpoint, says its base was loaded in NF4 with double quantization: `ft_nb.merge` reads it to pick the merge."
     import json
     from pathlib import Path
-    from ft_nb.train import TRAINING_BASE
+    from ft_nb.models import TRAINING_BASE
     d = tiny_llama()
     model, tok = load_model(d)
     assert model.ft_nb_new_token_ids == []                     # SmolLM2's tokenizer has its markers: no tokens added
@@ -43,7 +41,7 @@ def test_checkpoints_hold_what_the_adapter_holds():
     from pathlib import Path
     from safetensors import safe_open
     from ft_nb.merge import read_adapter
-    d = tiny_llama(tok_name='gpt2')
+    d = tiny_llama('gpt2')
     model, tok = load_model(d)
     out = Path(tempfile.mkdtemp())
     with warnings.catch_warnings(record=True) as caught:

@@ -18,10 +18,14 @@ CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networki
                  '--disable-sync', '--no-first-run']
 ARTIFACTS = Path(__file__).parent/'artifacts'
 CODE = ['pre', 'code', 'script', 'style']
+pytestmark = pytest.mark.slow   # builds the whole site (about a minute), then opens every page in Chromium
 
 @pytest.fixture(scope='session')
 def site():
+    "The site, built by `python .ci/docs.py`; its log is kept in tests/artifacts/docs_build.log"
     r = subprocess.run([sys.executable, '.ci/docs.py'], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS/'docs_build.log').write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return SITE
 
@@ -36,8 +40,24 @@ def content(soup): return soup.select_one('article') or soup.body
 def prose(soup)->str:
     "The page's visible text outside code blocks, inline code and scripts"
     art = BeautifulSoup(str(content(soup)), 'html.parser')
-    for el in art.find_all(CODE): el.decompose()
+    for el in art.find_all(CODE) + art.select('[hidden], .clipboard-copy-txt'): el.decompose()
     return art.get_text('\n')
+
+## Every notebook is a page, in the book's order
+
+def notebook_pages()->list:
+    "The page nbdev names for each notebook: index first, then nbs/ and nbs/tutorials/ by file name"
+    nbs = ROOT/CFG['DEFAULT']['nbs_path']
+    top = sorted(p for p in nbs.glob('*.ipynb') if p.name != 'index.ipynb')
+    files = [p.relative_to(nbs) for p in [nbs/'index.ipynb'] + top + sorted(nbs.glob('tutorials/*.ipynb'))]
+    return [p.with_name(re.sub(r'^\d+[a-zA-Z0-9]*_', '', p.name.lower())).with_suffix('.html').as_posix() for p in files]
+
+def test_every_notebook_is_a_page_in_order(pages):
+    nav = [a['href'] for a in pages['index.html'].select('nav.md-nav--primary a.md-nav__link[href]')]
+    order = list(dict.fromkeys(normalise(h.split('#')[0]) or 'index.html' for h in nav if h.endswith('.html')))
+    expected = notebook_pages()
+    assert [p for p in order if p in expected] == expected, (order, expected)
+    assert pages['index.html'].select_one('article h1').get_text().strip('¶ ')
 
 ## Links and images
 
@@ -62,9 +82,10 @@ def links(soup):
     for tag, attr in (('a', 'href'), ('img', 'src'), ('link', 'href'), ('script', 'src'), ('source', 'src')):
         for el in soup.find_all(tag):
             url = el.get(attr)
-            if url and not url.startswith(('data:', 'mailto:', 'javascript:')): yield url   # nbconvert's empty MathJax src skipped
+            if url and not url.startswith(('data:', 'mailto:', 'javascript:')): yield url   # skips nbconvert's empty MathJax src
 
-def ids(soup)->set: return {el['id'] for el in soup.find_all(id=True)} | {el['name'] for el in soup.find_all('a', attrs={'name': True})}
+def ids(soup)->set:
+    return {el['id'] for el in soup.find_all(id=True)} | {el['name'] for el in soup.find_all('a', attrs={'name': True})}
 
 def test_links_and_images_resolve(site, pages):
     broken, checked = [], 0
@@ -77,7 +98,8 @@ def test_links_and_images_resolve(site, pages):
             if f.is_dir(): f, path = f/'index.html', normalise(path + '/index.html')
             checked += 1
             if not f.is_file(): broken.append(f'{page}: {url} (no {path})')
-            elif anchor and path in pages and anchor not in ids(pages[path]): broken.append(f'{page}: {url} (no #{anchor} in {path})')
+            elif anchor and path in pages and anchor not in ids(pages[path]):
+                broken.append(f'{page}: {url} (no #{anchor} in {path})')
     assert checked > 100 and not broken, '\n'.join(broken[:40])
 
 def test_site_url_agrees_with_settings(site, pages):
@@ -88,7 +110,8 @@ def test_site_url_agrees_with_settings(site, pages):
 
 def public_names()->dict:
     lib = importlib.import_module(CFG['DEFAULT']['lib_name'])
-    mods = [importlib.import_module(f'{lib.__name__}.{m.name}') for m in pkgutil.iter_modules(lib.__path__) if not m.name.startswith('_')]
+    names = [m.name for m in pkgutil.iter_modules(lib.__path__) if not m.name.startswith('_')]
+    mods = [importlib.import_module(f'{lib.__name__}.{n}') for n in names]
     return {m.__name__: list(getattr(m, '__all__', [])) for m in mods}
 
 def test_every_public_name_has_a_card(pages):
@@ -100,14 +123,17 @@ def test_every_public_name_has_a_card(pages):
 ## No raw notebook, markdown, YAML or Quarto syntax; no tracebacks
 
 RAW = {'a `#|` directive': r'^\s*#\|', 'literal **': r'\*\*', 'a raw heading': r'^#{1,6} ', 'a code fence': r'^\s*```',
-       'YAML frontmatter': r'^---\s*\n+\s*[\w-]+: ', 'Quarto attributes': r'\{(target=|\.[\w-]+|#[\w-]+ )', 'a Quarto div': r'^\s*:::'}
+       'a literal backtick': r'`', 'a raw link': r'\]\(', 'YAML frontmatter': r'^---\s*\n+\s*[\w-]+: ',
+       'Quarto attributes': r'\{(target=|\.[\w-]+|#[\w-]+ )', 'a Quarto div': r'^\s*:::'}
 
 def test_no_raw_syntax_or_tracebacks(pages):
     bad = []
     for page, soup in pages.items():
         text, full = prose(soup), content(soup).get_text('\n')
         bad += [f'{page}: {what}: {m.group(0)!r}' for what, pat in RAW.items() for m in [re.search(pat, text, re.M)] if m]
-        if re.search(r'^\s*#\|', full, re.M): bad.append(f'{page}: a `#|` line in code')
+        code = [pre.get_text() for pre in content(soup).find_all('pre')]
+        if any(re.search(r'^\s*#\|', c, re.M) for c in code): bad.append(f'{page}: a `#|` line in code')
+        if any(re.search(r'\[`[^`]+`\]\(', c) for c in code): bad.append(f'{page}: a markdown link in code')
         if 'Traceback (most recent call last)' in full: bad.append(f'{page}: a Python traceback')
         if 'output-file:' in full: bad.append(f'{page}: nbdev frontmatter')
     assert not bad, '\n'.join(bad)
@@ -156,7 +182,8 @@ def test_pages_render_in_chromium(served, pages):
             h1 = page.locator('article h1').first
             if not h1.is_visible() or h1.inner_text().replace('¶', '').strip() not in page.title(): bad.append(f'{path}: title')
             if not page.locator('input.md-search__input').count(): bad.append(f'{path}: no search box')
-            broken = page.evaluate("[...document.querySelectorAll('article img')].filter(i => !i.complete || !i.naturalWidth).map(i => i.src)")
+            broken = page.evaluate("[...document.querySelectorAll('article img')]"
+                                   ".filter(i => !i.complete || !i.naturalWidth).map(i => i.src)")
             bad += [f'{path}: image {src} did not load' for src in broken]
             if path in shots: page.screenshot(path=str(ARTIFACTS/shots[path]))
         browser.close()
@@ -171,8 +198,8 @@ def test_search_finds_a_public_name(served, pages):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={'width': 1280, 'height': 900})
         page.goto(served + 'index.html', wait_until='load')
-        page.locator('label.md-search__icon, .md-search__input').first.click()
-        page.locator('input.md-search__input').fill(name)
+        page.locator('input.md-search__input').click()
+        page.keyboard.type(name, delay=20)
         page.wait_for_selector('.md-search-result__item', timeout=20_000)
         assert page.locator('.md-search-result__item').count() > 0
         browser.close()

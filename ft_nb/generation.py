@@ -2,6 +2,7 @@
 
 # %% ../nbs/05_generation.ipynb #e78633ec
 from __future__ import annotations
+import sys
 import torch
 from .data import padding_side
 
@@ -29,10 +30,17 @@ def generate_samples(model, tok, prompts:list[str], max_new_tokens:int=64, batch
 # %% ../nbs/05_generation.ipynb #f5e59446
 FIXED_PROMPTS = ['What is the capital of France?', 'Write a haiku about the sea.', 'Explain in one sentence what a LoRA adapter does.']
 
+def _4bit_as_in_training(model):
+    "Put bitsandbytes' 4-bit layers (only them: they have no dropout) in training mode, where they compute as QLoRA trained: dequantize, then multiply."
+    bnb = sys.modules.get('bitsandbytes')   # not imported: no 4-bit layer exists
+    for m in model.modules() if bnb else ():
+        if isinstance(m, bnb.nn.Linear4bit): m.train()
+    return model
+
 @torch.no_grad()
 def prompt_logits(model, tok, prompts=FIXED_PROMPTS)->list:
     "Float32 logits for each prompt, rendered as a user turn with the tokenizer's chat template (one at a time: no padding)."
-    model.eval()
+    _4bit_as_in_training(model.eval())
     out = []
     for p in prompts:
         enc = tok.apply_chat_template([{'role': 'user', 'content': p}], add_generation_prompt=True, return_tensors='pt', return_dict=True)

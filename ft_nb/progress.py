@@ -4,6 +4,7 @@
 from __future__ import annotations
 import sys, warnings
 from pathlib import Path
+import ft_nb.models   # first: it filters a bitsandbytes notice that importing transformers' Trainer prints on some CPUs
 from transformers import TrainerCallback
 
 # %% auto #0

@@ -6,9 +6,9 @@ import difflib, functools, json, math, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
-from transformers import TrainerCallback
 from .data import prepare_dataset
-from .models import TRAINING_BASE, is_quantized, training_base
+from .models import TRAINING_BASE, is_quantized, training_base   # first: it filters a bitsandbytes notice that transformers' Trainer import would print
+from transformers import TrainerCallback
 from .memory import estimate_memory, cheapest_fit, device_memory_gb
 from .methods import apply_method
 from .generation import generate_samples

@@ -65,8 +65,11 @@ def _demo_parser(sub):
 
 # %% ../nbs/10_cli.ipynb #c6fbd2bd
 def _merge(a)->int:
+    from transformers.utils import logging as hf_logging
     from ft_nb.merge import merge_adapter
-    rep = merge_adapter(a.adapter, a.out, base=a.base, dtype=a.dtype, mode=a.mode, overwrite=a.overwrite, check_4bit=a.check_4bit)
+    hf_logging.disable_progress_bar()
+    rep = merge_adapter(a.adapter, a.out, base=a.base, dtype=a.dtype, mode=a.mode, overwrite=a.overwrite, check_4bit=a.check_4bit,
+                        tolerance=a.tolerance, allow_pickle=a.allow_pickle)
     print(rep)
     return 0
 
@@ -77,13 +80,15 @@ def _merge_parser(sub):
                        description='Merge the LoRA/QLoRA adapter in ADAPTER into its base and save a plain transformers model in --out. '
                                    'A QLoRA adapter is merged into its 4-bit base\'s weights, dequantized (the model that was trained), unless --mode original. '
                                    'The merged model is checked against the adapter model on fixed prompts; the figures are printed.')
-    m.add_argument('adapter', help='adapter folder (from ft_nb train / finetune)')
+    m.add_argument('adapter', help='adapter folder (from ft_nb train / finetune, PEFT save_pretrained, or a Trainer checkpoint-N)')
     m.add_argument('--out', required=True, help='folder for the merged model (refused if not empty, unless --overwrite)')
     m.add_argument('--base', default=None, help='base model (default: the one the adapter names)')
     m.add_argument('--dtype', default='bf16', choices=['bf16', 'fp16', 'fp32'])
     m.add_argument('--mode', default='auto', choices=['auto', 'nf4', 'original'])
     m.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
     m.add_argument('--check-4bit', action='store_true', help='also compare with the base loaded in 4-bit plus the adapter (costs that load)')
+    m.add_argument('--tolerance', type=float, default=None, help='max |Δlogit| allowed beyond the dtype\'s own rounding (default 0.1; 1e-3 for fp32)')
+    m.add_argument('--allow-pickle', action='store_true', help='accept an adapter_model.bin (a pickle, which can run code) from a source you trust')
     m.set_defaults(func=_merge)
 
 # %% ../nbs/10_cli.ipynb #22cd6ce0

@@ -4,7 +4,7 @@
 from __future__ import annotations
 import sys
 import torch
-from .data import padding_side
+from .data import chat_template_or_none, padding_side
 
 # %% auto #0
 __all__ = ['FIXED_PROMPTS', 'generate_samples', 'prompt_logits', 'logit_gap']
@@ -39,11 +39,12 @@ def _4bit_as_in_training(model):
 
 @torch.no_grad()
 def prompt_logits(model, tok, prompts=FIXED_PROMPTS)->list:
-    "Float32 logits for each prompt, rendered as a user turn with the tokenizer's chat template (one at a time: no padding)."
+    "Float32 logits for each prompt, rendered as a user turn with the tokenizer's chat template, or as plain text if it has none (one at a time: no padding)."
     _4bit_as_in_training(model.eval())
     out = []
     for p in prompts:
-        enc = tok.apply_chat_template([{'role': 'user', 'content': p}], add_generation_prompt=True, return_tensors='pt', return_dict=True)
+        enc = tok.apply_chat_template([{'role': 'user', 'content': p}], add_generation_prompt=True, return_tensors='pt', return_dict=True) \
+              if chat_template_or_none(tok) else tok(p, return_tensors='pt')
         out.append(model(**enc.to(model.device)).logits[0].float().cpu())
     return out
 

@@ -2,13 +2,13 @@
 
 # %% ../nbs/09_merge.ipynb #ffd5d0e7
 from __future__ import annotations
-import gc, json, shutil, tempfile, time
-from dataclasses import dataclass, asdict
+import gc, json, shutil, tempfile, time, warnings
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
 from torch import nn
-from .data import check_output_folder
-from .models import TRAINING_BASE, compute_dtype, load_model, model_config
+from .data import chat_template_or_none, check_output_folder
+from .models import TRAINING_BASE, compute_dtype, configure_generation, load_model, model_config
 from .generation import FIXED_PROMPTS, generate_samples, logit_gap, prompt_logits
 
 # %% auto #0
@@ -16,17 +16,34 @@ __all__ = ['read_adapter', 'quantized_layers', 'nf4_weight', 'requantize_model',
            'load_adapters', 'combine_adapters', 'compare_adapters']
 
 # %% ../nbs/09_merge.ipynb #c491eb7d
-def read_adapter(adapter_dir)->dict:
-    "The base an adapter names, its PEFT type, and how its base was loaded for training (None if not recorded)."
+def _latest_checkpoint(d:Path)->Path|None:
+    "The Trainer checkpoint folder (`checkpoint-N`) in `d` with the highest step that holds an adapter, or None."
+    cks = [c for c in d.glob('checkpoint-*') if c.name.split('-')[-1].isdigit() and (c/'adapter_config.json').exists()]
+    return max(cks, key=lambda c: int(c.name.split('-')[-1]), default=None)
+
+def _json(path:Path)->dict:
+    "A JSON file's content, or an error naming the file."
+    try: return json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged') from None
+
+def read_adapter(adapter_dir,              # a PEFT adapter folder: from ft_nb, `save_pretrained`, or a Trainer `checkpoint-N`
+                 allow_pickle:bool=False,  # accept `adapter_model.bin` (a pickle: loading one can run code)
+                )->dict:
+    "The base an adapter names, its PEFT type, how its base was loaded for training (None if not recorded), and whether a tokenizer is saved beside it."
     d = Path(adapter_dir)
     if not d.is_dir(): raise FileNotFoundError(f'adapter folder {d} does not exist')
     if not (d/'adapter_config.json').exists():
-        raise FileNotFoundError(f'{d} has no adapter_config.json: point at the folder that finetune (or save_pretrained of a PEFT model) wrote')
-    if not any((d/f).exists() for f in ('adapter_model.safetensors', 'adapter_model.bin')):
-        raise FileNotFoundError(f'{d} has adapter_config.json but no adapter_model.safetensors: the adapter weights are missing')
-    cfg = json.loads((d/'adapter_config.json').read_text())
-    trained = json.loads((d/TRAINING_BASE).read_text()) if (d/TRAINING_BASE).exists() else None
-    return dict(base=cfg.get('base_model_name_or_path'), peft_type=cfg.get('peft_type'), training_base=trained)
+        ck = _latest_checkpoint(d)
+        raise FileNotFoundError(f'{d} has no adapter_config.json: ' + (f'it holds Trainer checkpoints; the latest is {ck}' if ck else
+                                'point at the folder that finetune (or save_pretrained of a PEFT model) wrote'))
+    if not (d/'adapter_model.safetensors').exists():
+        if not (d/'adapter_model.bin').exists(): raise FileNotFoundError(f'{d} has adapter_config.json but no adapter_model.safetensors: the adapter weights are missing')
+        if not allow_pickle: raise ValueError(f'{d/"adapter_model.bin"} is a pickle file, and loading a pickle can run code hidden in it: pass allow_pickle=True '
+                                              '(--allow-pickle) if you trust where it came from, or save the adapter as safetensors')
+    cfg = _json(d/'adapter_config.json')
+    trained = _json(d/TRAINING_BASE) if (d/TRAINING_BASE).exists() else None
+    return dict(base=cfg.get('base_model_name_or_path'), peft_type=cfg.get('peft_type'), training_base=trained,
+                tokenizer=any((d/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json')))
 
 # %% ../nbs/09_merge.ipynb #22d17408
 def quantized_layers(model,                   # a model loaded without quantization
@@ -89,26 +106,43 @@ class MergeReport:
     base:str
     mode:str                   # 'nf4' (the 4-bit base's weights) or 'original' (full-precision base)
     dtype:str
-    max_dlogit:float           # merged vs the unmerged adapter on the same weights
+    max_dlogit:float           # merged vs the unmerged adapter on the same weights, both in `dtype`
     kl:float
     adapter_effect:float       # max |Δlogit| the adapter makes (base alone vs with adapter): the scale of the figures above
+    tolerance:float=0.1        # allowed max |Δlogit|, beyond `floor` where that was measured
     vs_trained_max:float=None  # merged vs the model as trained: with `check_4bit` a real 4-bit load + the adapter; for 'original', the rebuilt one
     vs_trained_kl:float=None
+    trained_dtype:str=None     # what the model as trained computed in: a 16-bit one carries that dtype's rounding, so it is held to at least 0.1
+    floor:float=None           # what rounding to `dtype` alone costs: the unmerged adapter model in `dtype` vs in fp32 (measured when `max_dlogit` > `tolerance`)
+    vs_exact:float=None        # the merged model vs the unmerged adapter model in fp32 (measured with `floor`)
+    notes:list=field(default_factory=list)   # what was assumed, where the adapter does not say
     seconds:float=None
+    @property
+    def passed(self)->bool:
+        "Within `tolerance` of the adapter model (for 'nf4' also of the model as trained, if measured), beyond the dtype's rounding `floor` where measured."
+        slack = self.tolerance + (self.floor or 0)
+        ok = (self.max_dlogit if self.floor is None else self.vs_exact) <= slack
+        if self.mode != 'nf4' or self.vs_trained_max is None: return ok
+        return ok and self.vs_trained_max <= slack + (0 if self.trained_dtype == 'float32' else max(0.1 - self.tolerance, 0))
     def _repr_markdown_(self):
-        f = lambda v: '' if v is None else f'{v:.3g}' if isinstance(v, float) else str(v)
+        f = lambda v: '' if v is None else f'{v:.3g}' if isinstance(v, float) else '<br>'.join(v) if isinstance(v, list) else str(v)
         return '| | |\n|---|---|\n' + '\n'.join(f'| {k} | {f(v)} |' for k, v in asdict(self).items())
     def __str__(self):
         s = (f'merged ({self.mode}, {self.dtype}) into {self.out_dir}: max |Δlogit| {self.max_dlogit:.4f}, KL {self.kl:.2e} against the '
              f'unmerged adapter (the adapter itself moves logits by up to {self.adapter_effect:.3f})')
+        if self.floor is not None: s += (f'; in fp32 the unmerged adapter model is {self.floor:.4f} from its {self.dtype} run (the rounding {self.dtype} costs '
+                                         f'anyway) and {self.vs_exact:.4f} from the merged model (allowed: {self.floor:.4f} + {self.tolerance})')
         if self.vs_trained_max is not None: s += f'; against the model as trained (4-bit base + adapter): max |Δlogit| {self.vs_trained_max:.4f}, KL {self.vs_trained_kl:.2e}'
-        return s
+        return s + ''.join(f'\nnote: {n}' for n in self.notes)
 
 # %% ../nbs/09_merge.ipynb #7c67a60f
 def _attach(model, adapter_dir, base, **kw):
     "`PeftModel.from_pretrained`, with a size mismatch said as: this adapter was not trained on this base."
     from peft import PeftModel
-    try: return PeftModel.from_pretrained(model, str(adapter_dir), **kw)
+    try:
+        with warnings.catch_warnings():   # PEFT reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing', category=FutureWarning)
+            return PeftModel.from_pretrained(model, str(adapter_dir), **kw)
     except (RuntimeError, ValueError) as e:
         if 'size mismatch' not in str(e) and 'shape' not in str(e): raise
         first = next((l.strip() for l in str(e).splitlines() if 'size mismatch' in l or 'shape' in l), str(e)[:200])
@@ -125,23 +159,61 @@ def _release():
     except (OSError, AttributeError): pass
 
 # %% ../nbs/09_merge.ipynb #b933cddc
-def _mode(mode, info)->str:
+def _prequantized(cfg)->dict|None:
+    "The 4-bit settings (and the compute dtype) of a checkpoint saved already quantized (a `quantization_config` in its config.json, as the `-bnb-4bit` repos), else None."
+    q = getattr(cfg, 'quantization_config', None)
+    q = q.to_dict() if hasattr(q, 'to_dict') else q or {}
+    if not q.get('load_in_4bit'): return None
+    return dict(quant='4bit', quant_type=q.get('bnb_4bit_quant_type') or 'fp4', double_quant=bool(q.get('bnb_4bit_use_double_quant')),
+                quant_storage=q.get('bnb_4bit_quant_storage') or 'uint8', dtype=q.get('bnb_4bit_compute_dtype') or 'float32', prequantized=True)
+
+def _checkpoint_dtype(cfg)->str:
+    "The dtype the checkpoint's weights are saved in: what `from_pretrained` loads, and quantizes from, by default."
+    return str(getattr(cfg, 'dtype', None) or 'float32').split('.')[-1]
+
+def _how_trained(info, cfg, mode:str, check_4bit:bool)->tuple[str, dict, list[str]]:
+    "(mode, how the base was loaded for training, notes): the record beside the adapter, or the checkpoint itself; where neither says, what was assumed."
     if mode not in ('auto', 'nf4', 'original'): raise ValueError(f"mode must be 'auto', 'nf4' or 'original', not {mode!r}")
-    if mode != 'auto': return mode
-    return 'nf4' if (info['training_base'] or {}).get('quant') == '4bit' else 'original'
+    tb, notes = info['training_base'], []
+    if pre := _prequantized(cfg):
+        if mode == 'original': raise ValueError("the base checkpoint is saved in 4-bit (a quantization_config in its config.json), so there is no full-precision "
+                                                "base to merge into: use mode='nf4', or pass base= the full-precision model")
+        return 'nf4', pre, ['the base checkpoint is saved in 4-bit: the adapter is merged into its dequantized weights']
+    if tb is not None: return (mode if mode != 'auto' else 'nf4' if tb.get('quant') == '4bit' else 'original'), tb, notes
+    notes.append(f'no {TRAINING_BASE} beside the adapter, so how its base was loaded for training is not recorded')
+    if mode == 'auto':
+        mode = 'original'
+        notes.append("merged into the full-precision base (mode='auto'). If this is a QLoRA adapter, trained on a 4-bit base, merge with mode='nf4' (--mode nf4)")
+    if mode == 'original': return mode, {}, notes
+    tb = dict(quant='4bit', quant_type='nf4', double_quant=True, quant_storage='uint8', dtype=_checkpoint_dtype(cfg))
+    notes.append(f"assumed the 4-bit load of QLoRA scripts: NF4 with double quantization, quantized from the checkpoint's own dtype ({tb['dtype']})")
+    if not check_4bit: notes.append('the figures compare with the base as rebuilt here plus the adapter, not with the model as trained: '
+                                    'check_4bit=True (--check-4bit) also compares with a fresh 4-bit load plus the adapter')
+    return mode, tb, notes
 
 # %% ../nbs/09_merge.ipynb #2df35d60
-def _rebuilt_base(base, cfg, adapter_dir, tb:dict, src, dt):
+def _load(base, tok, dtype):
+    "The base in `dtype`, with the tokenizer `tok` (a folder) kept as saved: merging must not change the user's tokenizer."
+    model, tok = load_model(base, quant=None, dtype=dtype, tokenizer=tok, fix_tok=False)
+    if chat_template_or_none(tok) and tok.pad_token_id is not None: configure_generation(model, tok)
+    return model, tok
+
+def _rebuilt_base(base, cfg, tok, tb:dict, src, dt):
     "The base with the weights its 4-bit layers computed with, from one 16-bit load (no 4-bit model, no second copy); (model, tokenizer)."
-    model, tok = load_model(base, quant=None, dtype=_load_dtype(cfg, dt, src), tokenizer=adapter_dir)
+    if tb.get('prequantized'):   # a checkpoint saved in 4-bit loads as 4-bit: dequantize it before any forward pass
+        model, tok = _load(base, tok, dt)
+        return model.dequantize().to(dt), tok
+    model, tok = _load(base, tok, _load_dtype(cfg, dt, src))
     requantize_model(model, tb.get('quant_type') or 'nf4', tb.get('double_quant') is not False, tb.get('quant_storage') or 'uint8', src, dt)
     return model, tok
 
 # %% ../nbs/09_merge.ipynb #611e85af
-def _trained_logits(base, adapter_dir, rebuilt, src, prompts, check_4bit:bool, qlora_original:bool):
+def _trained_logits(base, adapter_dir, tok, tb, src, prompts, check_4bit:bool, qlora_original:bool, rebuilt):
     "Logits of the model as trained, or None: a real 4-bit load plus the adapter (`check_4bit`), else for `mode='original'` of a QLoRA adapter the rebuilt 4-bit base plus the adapter. Freed before the merge loads its own model."
     if not (check_4bit or qlora_original): return None
-    model, tok = load_model(base, quant='4bit', dtype=src, tokenizer=adapter_dir) if check_4bit else rebuilt()
+    if check_4bit:   # a checkpoint saved in 4-bit loads with its own settings
+        model, tok = load_model(base, quant=None if tb.get('prequantized') else '4bit', dtype=src, tokenizer=tok, fix_tok=False)
+    else: model, tok = rebuilt()
     out = prompt_logits(_attach(model, adapter_dir, base), tok, prompts)
     del model; _release()
     return out
@@ -156,52 +228,97 @@ def _merge_measured(model, tok, adapter_dir, base, prompts)->tuple:
     return merged, unmerged, effect, prompt_logits(merged, tok, prompts)
 
 # %% ../nbs/09_merge.ipynb #cf8a4989
-def merge_adapter(adapter_dir,              # folder written by `finetune` (or any PEFT LoRA adapter)
+def merge_adapter(adapter_dir,              # folder written by `finetune`, PEFT's `save_pretrained`, or a Trainer `checkpoint-N`
                   out_dir,                  # where the merged model goes; refused if not empty, unless `overwrite`
                   base:str=None,            # the base model; default: the one the adapter names
                   dtype:str='bf16',         # 'bf16', 'fp16' or 'fp32': the merged model's weights
                   mode:str='auto',          # 'auto', 'nf4' (the 4-bit base's weights) or 'original' (full-precision base)
                   overwrite:bool=False,     # replace a non-empty `out_dir`
-                  tolerance:float=None,     # max |Δlogit| allowed; default 0.1 (bf16/fp16) or 1e-3 (fp32)
+                  tolerance:float=None,     # max |Δlogit| allowed beyond the dtype's own rounding; default 0.1 (bf16/fp16) or 1e-3 (fp32)
                   prompts:list=FIXED_PROMPTS,  # what the verification runs
                   check_4bit:bool=False,    # also compare with a real 4-bit load plus the adapter (the model as trained); costs that load
                   max_shard_size:str='2GB', # of the saved safetensors files
+                  allow_pickle:bool=False,  # accept an `adapter_model.bin` (a pickle) from a source you trust
                  )->MergeReport:
     "Merge a LoRA/QLoRA adapter into its base, the way it was trained, verify the result against the adapter model, and save it."
-    t0, info, out = time.time(), read_adapter(adapter_dir), Path(out_dir)
-    base = base or info['base']
+    t0, info, out = time.time(), read_adapter(adapter_dir, allow_pickle), Path(out_dir)
+    named, base = info['base'], base or info['base']
     if not base: raise ValueError(f'{adapter_dir}/adapter_config.json names no base model: pass base=')
-    cfg = model_config(base)   # a clear error now for a base that cannot be found
+    cfg = _base_config(base, named)
     if out.resolve() == Path(adapter_dir).resolve(): raise ValueError('out_dir is the adapter folder: the adapter is never overwritten; choose another folder')
     check_output_folder(out, overwrite)
-    mode, dt, tb = _mode(mode, info), compute_dtype(dtype), info['training_base'] or {}
-    tolerance = tolerance if tolerance is not None else 1e-3 if dt == torch.float32 else 0.1
-    src = compute_dtype(tb.get('dtype') or dt)   # the dtype training's 4-bit load quantized from
-    rebuilt = lambda: _rebuilt_base(base, cfg, adapter_dir, tb, src, dt)
-    trained = _trained_logits(base, adapter_dir, rebuilt, src, prompts, check_4bit, mode == 'original' and tb.get('quant') == '4bit')
-    model, tok = rebuilt() if mode == 'nf4' else load_model(base, quant=None, dtype=dt, tokenizer=adapter_dir)
-    merged, unmerged, effect, new = _merge_measured(model, tok, adapter_dir, base, prompts)
-    rep = MergeReport(str(out), str(base), mode, str(dt).split('.')[-1], **logit_gap(unmerged, new), adapter_effect=effect)
-    if trained is not None: rep.vs_trained_max, rep.vs_trained_kl = logit_gap(trained, new).values()
-    if rep.max_dlogit > tolerance or (mode == 'nf4' and (rep.vs_trained_max or 0) > tolerance):   # 'original' only reports its gap to the trained model
-        raise MergeError(f'the merged model is not the adapter model (tolerance {tolerance}): {rep}. Nothing was written.')
-    _save(merged, tok, out, max_shard_size, rep, t0)
-    return rep
-
-# %% ../nbs/09_merge.ipynb #c1aa5c88
-def _save(model, tok, out:Path, max_shard_size, rep, t0):
-    "Write to a temporary folder beside `out`, then move it into place: `out` is never left half-written."
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial-'))
+    dt = compute_dtype(dtype)
+    mode, tb, notes = _how_trained(info, cfg, mode, check_4bit)
+    src, tok_dir = compute_dtype(tb.get('dtype') or dt), _tokenizer_source(adapter_dir, info, base)   # src: the dtype training's 4-bit load quantized from
+    load = lambda d: _rebuilt_base(base, cfg, tok_dir, tb, src, d) if mode == 'nf4' else _load(base, tok_dir, d)
+    trained = _trained_logits(base, adapter_dir, tok_dir, tb, src, prompts, check_4bit, mode == 'original' and tb.get('quant') == '4bit', lambda: load(dt))
+    model, tok = load(dt)
+    shown = base if base == named or not named else f'{base} (the adapter names {named})'
+    merged, unmerged, effect, new = _merge_measured(model, tok, adapter_dir, shown, prompts)
+    rep = MergeReport(str(out), str(base), mode, str(dt).split('.')[-1], **logit_gap(unmerged, new), adapter_effect=effect,
+                      tolerance=tolerance if tolerance is not None else 1e-3 if dt == torch.float32 else 0.1, notes=notes)
+    if trained is not None: rep.vs_trained_max, rep.vs_trained_kl, rep.trained_dtype = *logit_gap(trained, new).values(), str(src).split('.')[-1]
+    tmp = _write_partial(merged, tok, out, max_shard_size)
     try:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tok.save_pretrained(tmp)
+        del model, merged; _release()
+        if not rep.passed and dt != torch.float32: _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new)
+        if not rep.passed: raise MergeError(f'the merged model is not the adapter model: {rep}. Nothing was written.')
         rep.seconds = round(time.time() - t0, 1)
         (tmp/'merge_report.json').write_text(json.dumps(asdict(rep), indent=2))
         if out.exists(): shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
+    return rep
+
+# %% ../nbs/09_merge.ipynb #c1aa5c88
+def _write_partial(model, tok, out:Path, max_shard_size)->Path:
+    "Save to a temporary folder beside `out`, moved into place only once verified: `out` is never left half-written."
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial-'))
+    try:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tok.save_pretrained(tmp)
+    except BaseException:
+        shutil.rmtree(tmp); raise
+    return tmp
+
+def _tokenizer_source(adapter_dir, info, base)->str:
+    "The adapter's own tokenizer when it has one (ft_nb and Trainer checkpoints save it), else the base's (PEFT's `save_pretrained` saves none)."
+    if info['tokenizer']: return str(adapter_dir)
+    b = Path(base).expanduser()
+    if b.is_dir() and not any((b/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model', 'vocab.json')):
+        raise FileNotFoundError(f'no tokenizer in the adapter folder {adapter_dir} nor in the base {base}: save the tokenizer you trained with into the adapter folder')
+    return base
+
+def _base_config(base, named):
+    "The base's config, with an error that names the base the adapter names when it differs or cannot be found."
+    try: return model_config(base)
+    except (OSError, ValueError) as e:
+        said = f'{e}'.rstrip('.') + (f" (the adapter names {named!r})" if named and named != base else
+                                     "; it is the base the adapter's adapter_config.json names: if that folder moved, pass base= (--base) with its new place")
+        raise type(e)(said) from None
+
+def _fp32_bytes(rep)->int:
+    "Bytes of the merged model in fp32, from its saved shards (4 bytes a parameter)."
+    files = list(Path(rep.out_dir).parent.glob(f'.{Path(rep.out_dir).name}.partial-*/*.safetensors'))
+    return int(sum(f.stat().st_size for f in files) * 4 / {'float32': 4, 'float16': 2, 'bfloat16': 2}[rep.dtype])
+
+def _fits(nbytes:int)->bool:
+    "Whether `nbytes` more fit in the memory available now (on a GPU machine, `device_map='auto'` spreads an fp32 load across GPU and CPU)."
+    import psutil
+    return torch.cuda.is_available() or psutil.virtual_memory().available > 1.2 * nbytes
+
+def _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new):
+    "The rounding the merged dtype costs anyway: the unmerged adapter model in that dtype against the same model in fp32 (loaded after the merged model is freed)."
+    if (need := _fp32_bytes(rep)) and not _fits(need):
+        rep.notes.append(f'the rounding floor of {rep.dtype} was not measured: it needs an fp32 copy of the model ({need / 2**30:.1f} GiB) and less memory is free. '
+                         "Merge with dtype='fp32', or pass a tolerance= that you have checked")
+        return
+    model, _ = load(torch.float32)
+    ref = prompt_logits(_attach(model, adapter_dir, base), tok, prompts)
+    del model; _release()
+    rep.floor, rep.vs_exact = logit_gap(ref, unmerged)['max_dlogit'], logit_gap(ref, new)['max_dlogit']
 
 # %% ../nbs/09_merge.ipynb #5e9b6823
 def load_adapters(model,                # the base (from `load_model`), loaded the way the adapters were trained

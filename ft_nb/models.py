@@ -93,6 +93,7 @@ def load_model(name_or_path,                  # hub name or local folder
                trust_remote_code:bool=False,  # run code from the model repo: only when you trust it
                template:str=None,             # chat template for `fix_tokenizer`
                tokenizer=None,                # a tokenizer or its folder; default: the model's own
+               fix_tok:bool=True,             # give the tokenizer a chat template and a pad token (`fix_tokenizer`); False keeps it as saved
                **kw                           # passed to `AutoModelForCausalLM.from_pretrained`
               )->tuple:                       # (model, tokenizer)
     "Load a causal LM (4-bit NF4 by default) and its fixed-up tokenizer, ready for `apply_method`."
@@ -102,12 +103,13 @@ def load_model(name_or_path,                  # hub name or local folder
     tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else \
           AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
     n_before = len(tok)
-    fix_tokenizer(tok, template)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=bnb_config(quant, dt), dtype=dt, device_map=process_device_map(device_map),
+    if fix_tok: fix_tokenizer(tok, template)
+    q = {'quantization_config': bnb_config(quant, dt)} if quant else {}   # none given: a checkpoint saved in 4-bit loads as saved
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **q, dtype=dt, device_map=process_device_map(device_map),
                                                  attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kw)
     resize_embeddings(model, tok)
     model.ft_nb_new_token_ids = list(range(n_before, len(tok)))   # untrained rows, whether the matrix grew or had spare rows (Qwen's has)
-    configure_generation(model, tok)
+    if fix_tok: configure_generation(model, tok)
     return model, tok
 
 # %% ../nbs/02_models.ipynb #921a4f53

@@ -66,3 +66,7 @@ def test_demo(venv, tmp_path):
     assert after <= 0.5 * before and eos >= 90, m[0]
     assert {'adapter_model.safetensors', 'adapter_config.json', 'loss.png', 'metrics.json'} <= {p.name for p in (tmp_path/'ft_nb_demo').iterdir()}
     print(f'wheel on Python {PYTHON}: {m[0]}')
+    merged = run(venv/'ft_nb', 'merge', 'ft_nb_demo', '--out', 'merged', cwd=tmp_path, env=user_env(), timeout=600)   # the README's next step, with defaults
+    rep = json.loads((tmp_path/'merged'/'merge_report.json').read_text())
+    assert rep['mode'] == 'nf4' and rep['dtype'] == 'bfloat16', rep
+    print(f"demo merged with defaults: {merged.stdout.strip()}")

@@ -343,17 +343,36 @@ def _render(tok, msgs, tpl, **kw)->str: return tok.apply_chat_template(msgs, cha
 
 # %% ../nbs/01_data.ipynb #b426528f
 def turn_frame(tok, template:str=None)->tuple[str, str]:
-    "(lead, end): what an assistant turn writes before its content after the generation prompt, and what ends it."
+    "(lead, end): what an assistant turn writes before its content after the generation prompt, and what ends it when more turns follow."
     tpl = chat_template(tok, template)
-    key = (tpl, tok.bos_token, tok.eos_token)
+    key = (tpl, tok.bos_token, tok.eos_token, tok.name_or_path, len(tok))
     if key not in _TURN_END:
-        s, user = _SENT.format(0), [_msg('user', 'x')]
-        prompt, full = _render(tok, user, tpl, add_generation_prompt=True), _render(tok, user + [_msg('assistant', s)], tpl)
-        before, after = full.split(s, 1)
+        (u0, u1), (s0, s1) = [_SENT.format(i) for i in (8, 9)], [_SENT.format(i) for i in (0, 1)]
+        one = [_msg('user', u0), _msg('assistant', s0)]
+        prompt, full = _render(tok, one[:1], tpl, add_generation_prompt=True), _render(tok, one, tpl)
+        try: two = _render(tok, one + [_msg('user', u1), _msg('assistant', s1)], tpl)
+        except Exception: two = ''
+        between = two.split(s0, 1)[1].split(u1, 1)[0] if s0 in two else None
+        if s0 not in full and between is None: raise ValueError('the chat template does not render assistant messages')
+        before, after = full.split(s0, 1) if s0 in full else (two.split(s0, 1)[0], between)  # some drop a final assistant message
         lead = before[len(prompt):] if before.startswith(prompt) else ''
-        _TURN_END[key] = lead, after.rstrip()
+        _TURN_END[key] = lead, _mid_end(tok, after if s0 in full else '', after if between is None else between, before.split(u0, 1)[0])
         if not after.strip(): warnings.warn('the chat template writes nothing after an assistant turn: a model trained with it will not learn to stop')
     return _TURN_END[key]
+
+def _mid_end(tok, after:str, between:str, user_head:str)->str:
+    "End of a turn that more turns follow: the tokens it shares with the end of a last turn, else those before the next user header."
+    if end := after[:_shared(tok, after, between)].rstrip(): return end
+    return between[:len(between) - _shared(tok, between, user_head, tail=True)].rstrip()
+
+def _shared(tok, x:str, y:str, tail:bool=False)->int:
+    "Characters of `x` it shares with `y` at the start (or at the `tail`), cut at a token boundary of `x`: `<|end|>\n<|` becomes `<|end|>\n`."
+    n = len(os.path.commonprefix([x[::-1], y[::-1]] if tail else [x, y]))
+    if n in (0, len(x)): return n
+    part = x[max(0, len(x) - n - 64):] if tail else x[:n + 64]
+    offs = tok(part, add_special_tokens=False, return_offsets_mapping=True)['offset_mapping']
+    if tail: return len(part) - min((a for a, _ in offs if a >= len(part) - n), default=len(part))
+    return max((b for _, b in offs if b <= n), default=0)
 
 def turn_end(tok, template:str=None)->str:
     "The text the template writes to end an assistant turn (`<|im_end|>`, `</s>`, `<|eot_id|>`...)."
@@ -382,6 +401,8 @@ def _locate(rendered:str, pieces:list[str], contents:list[str])->list[tuple[int,
         spans.append((pos, pos + len(v))); pos += len(v)
     return spans if rendered[pos:] == pieces[-1] else None
 
+def _with_lead(rendered, a, lead): return a - len(lead) if lead and a >= len(lead) and rendered.startswith(lead, a - len(lead)) else a
+
 def _sentinel_spans(tok, msgs, tpl, rendered):
     "Assistant spans, from one rendering with sentinels in place of the assistant contents."
     contents = [m['content'] for m in msgs if m['role'] == 'assistant']
@@ -391,22 +412,45 @@ def _sentinel_spans(tok, msgs, tpl, rendered):
     parts = re.split('\ue000(\\d+)\ue001', _render(tok, masked, tpl))
     if parts[1::2] != [str(i) for i in range(len(contents))]: return None
     spans, (lead, end) = _locate(rendered, parts[0::2], contents), turn_frame(tok, tpl)
-    if spans is None or not all(rendered.startswith(end, b) for _, b in spans): return None
-    return [(a - len(lead) if rendered.startswith(lead, a - len(lead)) else a, b + len(end)) for a, b in spans]
+    if spans is None: return None
+    out, last = [], msgs[-1]['role'] == 'assistant'
+    for k, (a, b) in enumerate(spans):
+        if last and k == len(spans) - 1: b += len(parts[-1].rstrip())  # the conversation's end: all the template writes after the reply
+        elif rendered.startswith(end, b): b += len(end)
+        else: return None
+        out.append((_with_lead(rendered, a, lead), b))
+    return out
 
 def _prefix_spans(tok, msgs, tpl, rendered):
     "Assistant spans from rendering every prefix of the conversation (any prefix-consistent template; quadratic)."
-    spans = []
-    for i, m in enumerate(msgs):
-        if m['role'] != 'assistant': continue
-        prompt, upto = _render(tok, msgs[:i], tpl, add_generation_prompt=True), _render(tok, msgs[:i+1], tpl).rstrip()
-        if not (rendered.startswith(prompt) and rendered.startswith(upto)):
-            raise ValueError('the chat template renders a conversation differently from its prefixes; cannot locate assistant turns')
-        spans.append((len(prompt), len(upto)))
+    spans, end = [], turn_end(tok, tpl)
+    for k, i in enumerate(i for i, m in enumerate(msgs) if m['role'] == 'assistant'):
+        prompt, alone = _render(tok, msgs[:i], tpl, add_generation_prompt=True), _render(tok, msgs[:i+1], tpl).rstrip()
+        a = len(prompt)
+        if not (rendered.startswith(prompt) and alone.startswith(prompt)): raise _unlocatable(msgs, rendered, k, i)
+        if i == len(msgs) - 1: b = len(alone)
+        else:  # the turn as written here and as it would end the conversation agree up to its end-of-turn text
+            b = a + len(rendered[a:a + _shared(tok, rendered[a:], alone[a:])].rstrip())
+            j = rendered.find(end, max(a, b - len(end)), b + len(end)) if end else b - len(end)
+            if j < 0: raise _unlocatable(msgs, rendered, k, i)
+            b = max(b, j + len(end))
+        if b <= a: raise _unlocatable(msgs, rendered, k, i)
+        spans.append((a, b))
     return spans
 
+def _unlocatable(msgs, rendered, k, i)->ValueError:
+    "Why an assistant turn cannot be located: which content the template does not render verbatim, where one does not."
+    for k2, (i2, m) in enumerate((i2, m) for i2, m in enumerate(msgs) if m['role'] == 'assistant'):
+        c = m['content']
+        if not any(v and v in rendered for v in (c, c.strip())):
+            return ValueError(f'assistant turn {k2} (message {i2}) is not rendered verbatim by the chat template (it rewrites or drops '
+                              f'part of the content, e.g. reasoning in earlier turns), so its tokens cannot be trained exactly: '
+                              f'give the content as the template writes it, or use another template')
+    return ValueError(f'assistant turn {k} (message {i}): the chat template renders a conversation differently from its prefixes '
+                      f'and around a placeholder content; cannot locate the assistant turns')
+
 def assistant_spans(tok, msgs, tpl, rendered)->list[tuple[int, int]]:
-    "Character spans of each assistant turn and its end-of-turn text in `rendered`."
+    "Character spans of each assistant turn and its end-of-turn text in `rendered` (the last turn's with all that ends the conversation)."
     return _sentinel_spans(tok, msgs, tpl, rendered) or _prefix_spans(tok, msgs, tpl, rendered)
 
 # %% ../nbs/01_data.ipynb #b07fc3a4

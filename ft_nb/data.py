@@ -11,12 +11,12 @@ from typing import Any, Iterable, Iterator
 import datasets
 
 # %% auto #0
-__all__ = ['ROLES', 'SHAREGPT_ROLES', 'OPENAI_ROLES', 'FORMATS', 'TEMPLATES', 'TEMPLATE_TOKENS', 'DEFAULT_TEMPLATE', 'TRAIN_ON',
-           'RecordError', 'alpaca_to_messages', 'sharegpt_to_messages', 'openai_to_messages',
-           'prompt_completion_to_messages', 'text_to_messages', 'detect_format', 'to_messages', 'load_records',
-           'check_output_folder', 'chat_template', 'fix_tokenizer', 'chat_template_or_none', 'padding_side',
-           'turn_frame', 'turn_end', 'stop_token_ids', 'TooLong', 'truncate', 'tokenize_chat', 'trained_runs',
-           'trained_text', 'tokenize_text', 'PrepReport', 'prepare_dataset']
+__all__ = ['ROLES', 'SHAREGPT_ROLES', 'OPENAI_ROLES', 'FORMATS', 'SFT_ON', 'TEMPLATES', 'TEMPLATE_TOKENS', 'DEFAULT_TEMPLATE',
+           'TRAIN_ON', 'RecordError', 'alpaca_to_messages', 'sharegpt_to_messages', 'openai_to_messages',
+           'prompt_completion_to_messages', 'text_to_messages', 'detect_format', 'to_messages', 'to_tools',
+           'preference_to_sft', 'ColumnMap', 'load_records', 'check_output_folder', 'chat_template', 'fix_tokenizer',
+           'chat_template_or_none', 'padding_side', 'turn_frame', 'turn_end', 'stop_token_ids', 'TooLong', 'truncate',
+           'tokenize_chat', 'trained_runs', 'trained_text', 'tokenize_text', 'PrepReport', 'prepare_dataset']
 
 # %% ../nbs/01_data.ipynb #b2ef7620
 class RecordError(ValueError):
@@ -53,6 +53,73 @@ def _list(v, field:str)->list:
     if not isinstance(v, (list, tuple)) or not v: raise RecordError(f'expected a non-empty list, got {v!r:.40}', field)
     return list(v)
 
+# %% ../nbs/01_data.ipynb #c3a1f0d3
+def _json_value(v, field:str):
+    "`v`, parsed first if it is JSON text."
+    if not isinstance(v, str): return v
+    try: return json.loads(v)
+    except json.JSONDecodeError as e: raise RecordError(f'not valid JSON: {e.msg} (column {e.colno})', field) from None
+
+def _weight(m:dict, field:str)->bool|None:
+    "True or False for a turn whose `loss_weight` or `weight` is 1 or 0; None when it has none."
+    for k in ('loss_weight', 'weight'):
+        w = m.get(k)
+        if w is None: continue
+        if not isinstance(w, (int, float)) or w not in (0, 1):
+            raise RecordError(f'{w!r}: only 0 (do not train this turn) or 1 (train it) can be honoured with labels', f'{field}.{k}')
+        return bool(w)
+    return None
+
+def _weighted(msg:dict, turn:dict, field:str)->dict:
+    "`msg` marked `train: False` where `turn` has weight 0; weight 1 on a turn that is never trained is refused."
+    w = _weight(turn, field)
+    if w is None or msg['role'] == 'assistant' and w: return msg
+    if msg['role'] == 'assistant': return {**msg, 'train': False}
+    if w: raise RecordError(f"weight 1 on a {msg['role']} turn: only assistant turns are trained (train_on='all' trains every token)", field)
+    return msg
+
+def _call(c, field:str)->dict:
+    "One tool call as `{'type': 'function', 'function': {'name', 'arguments'}}` (and its `id`), the arguments parsed to an object."
+    c = _json_value(c, field)
+    if not isinstance(c, dict): raise RecordError(f'expected a tool call object, got {c!r:.40}', field)
+    f = c['function'] if isinstance(c.get('function'), dict) else c
+    args = _json_value(f.get('arguments', f.get('parameters', {})), f'{field}.arguments')
+    if not isinstance(args, dict): raise RecordError(f'expected the arguments as an object, got {args!r:.40}', f'{field}.arguments')
+    call = {'type': 'function', 'function': {'name': _text(f.get('name'), f'{field}.name'), 'arguments': args}}
+    return {'id': c['id'], **call} if isinstance(c.get('id'), str) and c['id'] else call
+
+def _calls(v, field:str)->list[dict]:
+    "Tool calls from one call or a list of them (objects or JSON text)."
+    v = _json_value(v, field)
+    return [_call(c, f'{field}[{i}]') for i, c in enumerate(v)] if isinstance(v, list) else [_call(v, field)]
+
+def _link_tools(msgs:list[dict])->list[dict]:
+    "Tool calls without an id numbered `call00001`...; each tool result given the id and function name of the call it answers, in order."
+    out, pending, n = [], [], 0
+    for m in msgs:
+        if m.get('tool_calls'):
+            calls = []
+            for c in m['tool_calls']:
+                if 'id' not in c: n += 1; c = {'id': f'call{n:05d}', **c}
+                calls.append(c)
+            m, pending = {**m, 'tool_calls': calls}, list(calls)
+        elif m['role'] == 'tool' and pending:
+            c = next((c for c in pending if c['id'] == m.get('tool_call_id')), pending[0])
+            pending.remove(c)
+            m = {**m, 'tool_call_id': m.get('tool_call_id') or c['id'], 'name': m.get('name') or c['function']['name']}
+        out.append(m)
+    return out
+
+def _tools(v, field:str='tools')->list[dict]:
+    "Tool definitions as `[{'type': 'function', 'function': {...}}]`, from a list or its JSON text; [] for none."
+    v = _json_value(v, field) if v else []
+    out = []
+    for i, t in enumerate(v if isinstance(v, list) else [v]):
+        f = t.get('function', t) if isinstance(t, dict) else None
+        if not (isinstance(f, dict) and isinstance(f.get('name'), str)): raise RecordError(f'expected a tool definition with a name, got {t!r:.40}', f'{field}[{i}]')
+        out.append({'type': 'function', 'function': f})
+    return out
+
 # %% ../nbs/01_data.ipynb #a7d44c66
 def alpaca_to_messages(rec:dict)->list[dict]:
     "Messages of an Alpaca record: optional system, history turns, then instruction (+ input) and output."
@@ -66,36 +133,53 @@ def alpaca_to_messages(rec:dict)->list[dict]:
 
 # %% ../nbs/01_data.ipynb #e2968a2c
 def sharegpt_to_messages(rec:dict)->list[dict]:
-    "Messages of a ShareGPT record (`conversations` of `from`/`value` turns)."
+    "Messages of a ShareGPT record (`conversations` of `from`/`value` turns), with tool calls, tool results and turn weights."
     msgs = [_msg('system', _text(rec['system'], 'system'))] if rec.get('system') else []
     for i, turn in enumerate(_list(rec.get('conversations'), 'conversations')):
-        if not isinstance(turn, dict): raise RecordError(f'expected an object, got {turn!r:.40}', f'conversations[{i}]')
+        f = f'conversations[{i}]'
+        if not isinstance(turn, dict): raise RecordError(f'expected an object, got {turn!r:.40}', f)
         rk, ck = ('role', 'content') if 'role' in turn and 'from' not in turn else ('from', 'value')
         who = turn.get(rk)
         if not isinstance(who, str) or who.lower() not in SHAREGPT_ROLES:
-            raise RecordError(f'unknown role {who!r}; expected one of {sorted(SHAREGPT_ROLES)}', f'conversations[{i}].{rk}')
-        msgs.append(_msg(SHAREGPT_ROLES[who.lower()], _text(turn.get(ck), f'conversations[{i}].{ck}')))
-    return msgs
+            raise RecordError(f'unknown role {who!r}; expected one of {sorted(SHAREGPT_ROLES)}', f'{f}.{rk}')
+        if who.lower() == 'function_call': msg = {'role': 'assistant', 'content': '', 'tool_calls': _calls(turn.get(ck), f'{f}.{ck}')}
+        else: msg = _msg(SHAREGPT_ROLES[who.lower()], _text(turn.get(ck), f'{f}.{ck}'))
+        msgs.append(_weighted(msg, turn, f))
+    return _link_tools(msgs)
 
 # %% ../nbs/01_data.ipynb #a9d54372
-def _content(v, field):
-    "Text of an OpenAI `content`: a string or a list of `{'type': 'text', 'text': ...}` parts."
-    if not isinstance(v, list): return _text(v, field)
+def _content(v, field)->tuple:
+    "(text, tool calls) of a `content`: a string, or typed parts: `text` (its text under `text` as OpenAI writes it, or `value` as LLaMA-Factory's v1 does) and `tool_call`."
+    if v is None or isinstance(v, str): return v, []
+    if not isinstance(v, list): raise RecordError(f'expected text or a list of typed parts, got {type(v).__name__} {v!r:.40}', field)
+    text, calls = [], []
     for j, p in enumerate(v):
-        if not (isinstance(p, dict) and p.get('type') == 'text'):
-            raise RecordError(f"unsupported content part {p.get('type') if isinstance(p, dict) else p!r:.40}; only text parts can be trained", f'{field}[{j}]')
-    return _text(''.join(_text(p.get('text'), f'{field}[{j}].text', allow_empty=True) for j, p in enumerate(v)), field)
+        kind = p.get('type') if isinstance(p, dict) else None
+        if kind == 'text':
+            k = 'text' if 'text' in p else 'value'
+            text.append(_text(p.get(k), f'{field}[{j}].{k}', allow_empty=True))
+        elif kind == 'tool_call': calls.append(_call(p.get('value'), f'{field}[{j}].value'))
+        else: raise RecordError(f"unsupported content part {kind or p!r:.40}; only text and tool_call parts can be trained", f'{field}[{j}]')
+    return ''.join(text), calls
 
 # %% ../nbs/01_data.ipynb #0d7cdba2
 def openai_to_messages(rec:dict, key:str='messages')->list[dict]:
-    "Messages of an OpenAI-style record (`messages` of `role`/`content`, content a string or typed parts)."
+    "Messages of an OpenAI-style record (`messages` of `role`/`content`), with typed content parts, tool calls and results, and turn weights."
     msgs = []
     for i, m in enumerate(_list(rec.get(key), key)):
-        if not isinstance(m, dict): raise RecordError(f'expected an object, got {m!r:.40}', f'{key}[{i}]')
+        f = f'{key}[{i}]'
+        if not isinstance(m, dict): raise RecordError(f'expected an object, got {m!r:.40}', f)
         role = m.get('role')
-        if role not in OPENAI_ROLES: raise RecordError(f'unknown role {role!r}; expected one of {sorted(OPENAI_ROLES)}', f'{key}[{i}].role')
-        msgs.append(_msg(OPENAI_ROLES[role], _content(m.get('content'), f'{key}[{i}].content')))
-    return msgs
+        if role not in OPENAI_ROLES: raise RecordError(f'unknown role {role!r}; expected one of {sorted(OPENAI_ROLES)}', f'{f}.role')
+        role, (text, calls) = OPENAI_ROLES[role], _content(m.get('content'), f'{f}.content')
+        for k in ('tool_calls', 'function_call'):
+            if m.get(k): calls = calls + _calls(m[k], f'{f}.{k}')
+        if calls and role != 'assistant': raise RecordError(f'a {role} turn cannot call tools', f'{f}.tool_calls')
+        msg = _msg(role, _text('' if calls and not text else text, f'{f}.content', allow_empty=bool(calls)))
+        if calls: msg['tool_calls'] = calls
+        if role == 'tool': msg.update({k: m[k] for k in ('tool_call_id', 'name') if isinstance(m.get(k), str)})
+        msgs.append(_weighted(msg, m, f))
+    return _link_tools(msgs)
 
 # %% ../nbs/01_data.ipynb #d69aa2c3
 def prompt_completion_to_messages(rec:dict)->list[dict]:
@@ -118,54 +202,149 @@ def detect_format(keys:Iterable[str])->str:
     keys = set(keys)
     for name, need in _FORMAT_KEYS:
         if need <= keys: return name
+    hint = " or sft_on='chosen' to train on the chosen replies of this preference data" if 'chosen' in keys else ''
     raise ValueError(f"cannot tell the format from the fields {sorted(keys)}: expected one of "
-                     + '; '.join(f"{n} ({', '.join(sorted(k))})" for n, k in _FORMAT_KEYS) + ". Pass format=")
+                     + '; '.join(f"{n} ({', '.join(sorted(k))})" for n, k in _FORMAT_KEYS) + f". Pass format= (or columns=){hint}")
+
+def _detectable(rec)->bool:
+    try: return isinstance(rec, dict) and bool(detect_format(rec))
+    except ValueError: return False
 
 # %% ../nbs/01_data.ipynb #86defb57
-def to_messages(rec:dict,       # one record in any supported format
-                fmt:str=None    # format name; detected from the keys when None
-               )->list[dict]:   # [{'role':..., 'content':...}, ...]
+def to_messages(rec:dict,        # one record in any supported format
+                fmt:str=None,    # format name; detected from the keys when None
+                sft_on:str=None  # 'chosen': a preference record trains on its chosen reply (see `preference_to_sft`)
+               )->list[dict]:    # [{'role':..., 'content':...}, ...]
     "Normalise one record to a list of chat messages, checking it has something to train on."
     if not isinstance(rec, dict): raise RecordError(f'expected an object, got {type(rec).__name__}')
+    if sft_on: rec, fmt = preference_to_sft(rec, sft_on), None
     fmt = fmt or detect_format(rec)
     if fmt not in FORMATS: raise ValueError(f'unknown format {fmt!r}; expected one of {sorted(FORMATS)}')
     msgs = FORMATS[fmt](rec)
-    if not any(m['role'] == 'assistant' for m in msgs): raise RecordError('no assistant turn: nothing to train on', _msg_field(fmt))
+    replies = [m for m in msgs if m['role'] == 'assistant']
+    if not any(m.get('train', True) for m in replies):
+        why = 'every assistant turn has weight 0: nothing to train on' if replies else 'no assistant turn: nothing to train on'
+        if 'chosen' in rec: why += "; this is preference data (it has a `chosen` field): pass sft_on='chosen' to train on the chosen replies"
+        raise RecordError(why, _msg_field(fmt))
     return msgs
 
 def _msg_field(fmt): return {'messages': 'messages', 'sharegpt': 'conversations'}.get(fmt, 'output')
 
+def to_tools(rec:dict)->list[dict]:
+    "The tool definitions of a record (`tools`, or OpenAI's older `functions`), as `[{'type': 'function', 'function': {...}}]`."
+    return _tools(rec.get('tools') or rec.get('functions'), 'tools' if rec.get('tools') else 'functions')
+
+# %% ../nbs/01_data.ipynb #c3a1f0e2
+SFT_ON = ('chosen', 'rejected')
+_PAIR = ('chosen', 'rejected', 'chosen_messages', 'rejected_messages')
+
+def preference_to_sft(rec:dict,          # a record with `chosen` and `rejected` (or v1 `chosen_messages`)
+                      which:str='chosen' # the reply to train on
+                     )->dict:            # a record of one of `FORMATS`
+    "An SFT record that trains on the `which` reply of a preference record."
+    if which not in SFT_ON: raise ValueError(f'sft_on must be one of {SFT_ON}, not {which!r}')
+    key = next((k for k in (f'{which}_messages', which) if k in rec), None)
+    if key is None: raise RecordError(f"no {which!r} field: sft_on={which!r} reads preference data ({which}/…); leave it unset for SFT data", which)
+    v, rest = rec[key], {k: x for k, x in rec.items() if k not in _PAIR}
+    if isinstance(v, dict): return {**rest, 'conversations': _list(rec.get('conversations'), 'conversations') + [v]}
+    if isinstance(v, list):
+        prompt = rest.pop('prompt', None)
+        return {**rest, 'messages': ([_msg('user', prompt)] if isinstance(prompt, str) else prompt or []) + v}
+    if isinstance(v, str): return {**rest, 'output': v} if 'instruction' in rec else {**rest, 'completion': v}
+    raise RecordError(f'expected text, one turn or a list of messages, got {type(v).__name__} {v!r:.40}', key)
+
+# %% ../nbs/01_data.ipynb #c3a1f0e5
+_LF_ALPACA = {'prompt': 'instruction', 'query': 'input', 'response': 'output', 'system': 'system', 'history': 'history'}
+_LF_CHAT = {'messages': 'conversations', 'system': 'system'}
+_LF_ANY = {'tools': 'tools', 'chosen': 'chosen', 'rejected': 'rejected', **{k: k for k in ('instruction', 'input', 'output', 'conversations', 'completion', 'text')}}
+_LF_REFUSED = {'images': 'image columns cannot be trained here', 'videos': 'video columns cannot be trained here', 'audios': 'audio columns cannot be trained here',
+               'kto_tag': 'KTO labels mark undesirable replies, which SFT would learn: filter those rows out first'}
+_LF_TAGS = {'sharegpt': dict(role_tag='from', content_tag='value', user_tag='human', assistant_tag='gpt', observation_tag='observation', function_tag='function_call', system_tag='system'),
+            'openai': dict(role_tag='role', content_tag='content', user_tag='user', assistant_tag='assistant', observation_tag='tool', function_tag='function_call', system_tag='system')}
+_OUR_ROLES = dict(user_tag='human', assistant_tag='gpt', observation_tag='observation', function_tag='function_call', system_tag='system')
+
+class ColumnMap:
+    "Renames a record's columns onto one of `FORMATS`, as a LLaMA-Factory `dataset_info.json` entry (or its `columns` alone) says."
+    def __init__(self, columns:dict): # an entry (`formatting`, `columns`, `tags`...) or a `columns` dict
+        entry = columns if any(k in columns for k in ('columns', 'formatting', 'tags', 'file_name', 'hf_hub_url', 'ranking')) else {'columns': columns}
+        self.formatting, cols = entry.get('formatting', 'alpaca'), dict(entry.get('columns') or {})
+        if self.formatting not in _LF_TAGS and self.formatting != 'alpaca': raise ValueError(f"unknown formatting {self.formatting!r}: expected 'alpaca', 'sharegpt' or 'openai'")
+        if bad := [k for k in cols if k in _LF_REFUSED]: raise ValueError(f'columns: {bad[0]!r}: {_LF_REFUSED[bad[0]]}')
+        ours = {**_LF_ANY, **(_LF_ALPACA if self.formatting == 'alpaca' else _LF_CHAT)}
+        if 'prompt' in cols and not {'response', 'completion', 'output', 'messages', 'chosen', 'rejected'} & set(cols): ours['prompt'] = 'text'
+        if 'completion' in cols: ours['prompt'] = 'prompt'
+        if unknown := sorted(set(cols) - set(ours)): raise ValueError(f'columns: unknown {unknown} for formatting {self.formatting!r}: expected some of {sorted(ours)}')
+        self.rename = {ours[k]: v for k, v in cols.items()}  # our field -> their column
+        tags = {**_LF_TAGS.get(self.formatting, {}), **(entry.get('tags') or {})}
+        self.role, self.content = tags.get('role_tag'), tags.get('content_tag')
+        self.roles = {tags[k]: v for k, v in _OUR_ROLES.items() if k in tags}
+        self.format = 'sharegpt' if self.formatting in _LF_TAGS else None
+
+    def _turn(self, t):
+        if not isinstance(t, dict) or self.role not in t: return t
+        rest = {k: v for k, v in t.items() if k not in (self.role, self.content)}
+        return {**rest, 'from': self.roles.get(t[self.role], t[self.role]), 'value': t.get(self.content)}
+
+    def __call__(self, rec:dict)->dict:
+        "The record with only the mapped columns, under our names (ShareGPT turns retagged)."
+        out = {ours: rec[theirs] for ours, theirs in self.rename.items() if theirs in rec}
+        if self.format == 'sharegpt':
+            if isinstance(out.get('conversations'), list): out['conversations'] = [self._turn(t) for t in out['conversations']]
+            out.update({k: self._turn(out[k]) for k in ('chosen', 'rejected') if isinstance(out.get(k), dict)})
+        return out
+
 # %% ../nbs/01_data.ipynb #4f05bf2a
 _EXTS = {'.json', '.jsonl', '.csv', '.parquet'}
 
-def _json_records(path:Path)->Iterator[tuple[str, Any]]:
-    "(place, record) for a JSON array file, or per line for JSON Lines; malformed lines come as `RecordError`s."
+def _json_records(path:Path, is_record=_detectable)->Iterator[tuple[str, Any]]:
+    "(place, record) of a JSON file: one JSON document (an array, or an object), else JSON Lines, whose malformed lines come as `RecordError`s."
     text = path.read_text(encoding='utf-8')
-    if text.lstrip().startswith('['):
-        try: data = json.loads(text)
-        except json.JSONDecodeError as e: raise RecordError(f'malformed JSON: {e.msg} (line {e.lineno}, column {e.colno}); no record can be read', where=str(path)) from None
-        yield from ((f'{path} record {i}', r) for i, r in enumerate(data)); return
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip(): continue
+    try: data = json.loads(text)
+    except json.JSONDecodeError as e: err = e
+    else:
+        if isinstance(data, list): yield from ((f'{path} record {i}', r) for i, r in enumerate(data)); return
+        if isinstance(data, dict): yield from _object_records(path, data, is_record); return
+        raise RecordError(f'the file is one JSON {type(data).__name__}, not records: expected an array, an object or JSON Lines', where=str(path))
+    lines = [(n, l) for n, l in enumerate(text.splitlines(), 1) if l.strip()]
+    objs = sum(isinstance(_loads(l), dict) for _, l in lines)
+    if not (lines and (isinstance(_loads(lines[0][1]), dict) or objs >= len(lines) / 2)):
+        raise RecordError(f'malformed JSON: {err.msg} (line {err.lineno}, column {err.colno}); no record can be read', where=str(path))
+    for n, line in lines:
         try: yield f'{path} line {n}', json.loads(line)
         except json.JSONDecodeError as e: yield f'{path} line {n}', RecordError(f'malformed JSON: {e.msg} (column {e.colno})')
 
-def _csv_records(path:Path):
+def _loads(s):
+    try: return json.loads(s)
+    except json.JSONDecodeError: return None
+
+def _all_dicts(v): return isinstance(v, list) and bool(v) and all(isinstance(o, dict) for o in v)
+
+def _object_records(path:Path, obj:dict, is_record)->Iterator[tuple[str, Any]]:
+    "Records of a JSON file holding one object: a dict of equal-length columns, one record, or the list of records under its one key that holds one."
+    cols = list(obj.values())
+    if cols and all(isinstance(c, list) for c in cols) and len({len(c) for c in cols}) == 1 and not any(map(_all_dicts, cols)):
+        yield from ((f'{path} row {i} (an object of columns)', dict(zip(obj, r))) for i, r in enumerate(zip(*cols))); return
+    if is_record(obj): yield f'{path} (one object: one record)', obj; return
+    keys = [k for k, v in obj.items() if _all_dicts(v)]
+    if len(keys) != 1: raise RecordError(f'one JSON object that is neither a record, nor columns (lists of one length), nor a list of records under one key; its keys: {sorted(obj)[:8]}', where=str(path))
+    yield from ((f'{path} {keys[0]}[{i}]', r) for i, r in enumerate(obj[keys[0]]))
+
+def _csv_records(path:Path, is_record=None):
     with open(path, newline='', encoding='utf-8') as f:
         rd = csv.DictReader(f)
         for row in rd: yield f'{path} line {rd.line_num}', row
 
-def _parquet_records(path:Path):
+def _parquet_records(path:Path, is_record=None):
     import pyarrow.parquet as pq
     yield from ((f'{path} row {i}', r) for i, r in enumerate(pq.read_table(path).to_pylist()))
 
-def _file_records(path:Path):
+def _file_records(path:Path, is_record=_detectable):
     readers = {'.json': _json_records, '.jsonl': _json_records, '.csv': _csv_records, '.parquet': _parquet_records}
     if path.suffix not in readers: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_EXTS)}")
-    return readers[path.suffix](path)
+    return readers[path.suffix](path, is_record)
 
 # %% ../nbs/01_data.ipynb #70ea0d9f
-def _iter_sources(source, split:str='train', **kw)->Iterator[tuple[str, Iterator]]:
+def _iter_sources(source, split:str='train', is_record=_detectable, **kw)->Iterator[tuple[str, Iterator]]:
     "(source name, iterator of (place, record)) for each file or in-memory collection in `source`."
     if isinstance(source, datasets.DatasetDict):
         if split not in source: raise ValueError(f'split {split!r} not in the DatasetDict; it has {list(source)}')
@@ -177,28 +356,48 @@ def _iter_sources(source, split:str='train', **kw)->Iterator[tuple[str, Iterator
     if path.is_dir():
         files = sorted(p for p in path.rglob('*') if p.suffix in _EXTS and p.is_file())
         if not files: raise FileNotFoundError(f'{path}: no {"/".join(sorted(_EXTS))} files in this folder')
-        for p in files: yield str(p), _file_records(p)
-    elif path.is_file(): yield str(path), _file_records(path)
+        for p in files: yield str(p), _file_records(p, is_record)
+    elif path.is_file(): yield str(path), _file_records(path, is_record)
     elif path.suffix in _EXTS or os.sep in str(source): raise FileNotFoundError(f'{source}: no such file or folder')
     else: yield source, ((f'{source} record {i}', r) for i, r in enumerate(datasets.load_dataset(str(source), split=split, **kw)))
 
 # %% ../nbs/01_data.ipynb #1f79cd34
-def _read(source, format=None, errors='raise', split='train', **kw):
+def _stored(msgs:list[dict])->list[dict]:
+    "Messages as a `Dataset` stores them: tool calls as JSON text (Arrow needs one type per field, and arguments differ per call)."
+    return [{**m, 'tool_calls': json.dumps(m['tool_calls'])} if m.get('tool_calls') else m for m in msgs]
+
+def _prep(columns=None, sft_on=None):
+    "The function that turns a record as read into one of `FORMATS` (column mapping, then preference pair to SFT), and the format the mapping implies."
+    cmap = (columns if isinstance(columns, ColumnMap) else ColumnMap(columns)) if columns else None
+    def prep(rec):
+        r = cmap(rec) if cmap else rec
+        return preference_to_sft(r, sft_on) if sft_on else r
+    return prep, cmap
+
+def _read(source, format=None, errors='raise', split='train', columns=None, sft_on=None, **kw):
     "Good rows, their places, and the bad records (each a located `RecordError`)."
     if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+    if sft_on is not None and sft_on not in SFT_ON: raise ValueError(f'sft_on must be one of {SFT_ON} or None, not {sft_on!r}')
+    prep, cmap = _prep(columns, sft_on)
+    def is_record(o):
+        try: return _detectable(prep(o))
+        except RecordError: return False
+    drop = {'tools', 'functions', 'messages', cmap.rename.get('tools') if cmap else None}
     rows, places, bad = [], [], []
-    for name, recs in _iter_sources(source, split, **kw):
-        fmt = format
+    for name, recs in _iter_sources(source, split, is_record, **kw):
+        fmt = format or (cmap.format if cmap and not sft_on else None)
         for place, rec in recs:
             try:
                 if isinstance(rec, RecordError): raise rec
-                if fmt is None and isinstance(rec, dict): fmt = detect_format(rec)
-                msgs = to_messages(rec, fmt)
+                r = prep(rec) if isinstance(rec, dict) else rec
+                if fmt is None and isinstance(r, dict): fmt = detect_format(r)
+                msgs, tools = to_messages(r, fmt), to_tools(r) if isinstance(r, dict) else []
             except RecordError as e:
                 e.where = place
                 if errors == 'raise': raise
                 bad.append(e); continue
-            rows.append({**rec, 'messages': msgs, 'source_format': fmt}); places.append(place)
+            row = {k: v for k, v in rec.items() if k not in drop}
+            rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
     if not rows: raise ValueError(f'{source}: no usable records' + (f' ({len(bad)} bad; first: {bad[0]})' if bad else ''))
     return rows, places, bad
 
@@ -207,9 +406,11 @@ def load_records(source,              # file, folder, `Dataset`/`DatasetDict`, l
                  format:str=None,     # one of `FORMATS`; detected per file from the keys when None
                  errors:str='raise',  # 'raise' at the first bad record, or 'skip' it and return the list of bad ones
                  split:str='train',   # split of a `DatasetDict` or hub dataset
+                 columns:dict=None,   # a LLaMA-Factory `dataset_info.json` entry, or its `columns` (see `ColumnMap`)
+                 sft_on:str=None,     # 'chosen': train preference data on its chosen replies (see `preference_to_sft`)
                  **kw):               # passed to `datasets.load_dataset` for hub names
-    "A `Dataset` with the canonical `messages` beside the original columns; with `errors='skip'`, `(dataset, bad_records)`."
-    rows, _, bad = _read(source, format, errors, split, **kw)
+    "A `Dataset` with the canonical `messages` (and `tools`) beside the original columns; with `errors='skip'`, `(dataset, bad_records)`."
+    rows, _, bad = _read(source, format, errors, split, columns, sft_on, **kw)
     ds = datasets.Dataset.from_list(rows)
     return (ds, bad) if errors == 'skip' else ds
 
@@ -487,27 +688,32 @@ def truncate(ex:dict, max_length:int, side:str='right')->dict:
     return {k: (v[:max_length] if side == 'right' else v[n - max_length:]) for k, v in ex.items()}
 
 # %% ../nbs/01_data.ipynb #7c441cbd
-def tokenize_chat(messages:list[dict],      # [{'role':..., 'content':...}, ...]
+def tokenize_chat(messages:list[dict],      # [{'role':..., 'content':...}, ...]; `train: False` on an assistant turn leaves it unlabelled
                   tokenizer,                # a fast tokenizer (see `fix_tokenizer`)
                   template:str=None,        # built-in name or Jinja; None: the tokenizer's own
                   max_length:int=None,      # longer examples are truncated or dropped
                   train_on:str='assistant', # 'assistant' turns, only the 'last' one, or 'all' tokens
-                  truncation:str='right'    # 'right', 'left', or 'drop' (raise `TooLong`)
+                  truncation:str='right',   # 'right', 'left', or 'drop' (raise `TooLong`)
+                  tools:list=None           # tool definitions, passed to the template as `apply_chat_template(..., tools=)`
                  )->dict:                   # input_ids, attention_mask, labels
     "Token ids exactly as `apply_chat_template` makes them, with labels on the assistant turns and their end-of-turn."
     if train_on not in TRAIN_ON: raise ValueError(f'train_on must be one of {TRAIN_ON}, not {train_on!r}')
     tpl = chat_template(tokenizer, template)
     if missing := _missing_markers(tokenizer, template): raise ValueError(f'the {template!r} template needs {missing}, which the vocabulary lacks: fix_tokenizer(tok, template={template!r}) adds them')
-    ex, _ = _encode_chat(messages, tokenizer, tpl, train_on)
+    ex, _ = _encode_chat(messages, tokenizer, tpl, train_on, _tools(tools) or None)
     return truncate(ex, max_length, truncation) if max_length else ex
 
-def _encode_chat(messages, tok, tpl, train_on):
-    "(example, rendered text) of a conversation."
-    rendered = _render(tok, messages, tpl)
+def _encode_chat(messages, tok, tpl, train_on, tools=None):
+    "(example, rendered text) of a conversation; assistant turns marked `train: False` are rendered but not labelled."
+    calls = any(m.get('tool_calls') for m in messages)
+    if tools or calls: _check_tools(tok, tpl, bool(tools), calls)
+    t = _ToolsBound(tok, tools) if tools else tok
+    rendered = _render(t, messages, tpl)
     ids, char_to_token = _encode(tok, rendered)
     if train_on == 'all': labels = list(ids)
     else:
-        spans = assistant_spans(tok, messages, tpl, rendered)
+        trained = [m.get('train', True) is not False for m in messages if m['role'] == 'assistant']
+        spans = [s for s, keep in zip(assistant_spans(t, messages, tpl, rendered), trained) if keep]
         labels = _label_spans(ids, char_to_token, spans[-1:] if train_on == 'last' else spans)
     return {'input_ids': ids, 'attention_mask': [1] * len(ids), 'labels': labels}, rendered
 
@@ -523,6 +729,37 @@ def trained_runs(ex:dict)->list[list[int]]:
 def trained_text(tok, ex:dict)->list[str]:
     "What `ex` trains on: each run of labelled tokens, decoded."
     return [tok.decode(r) for r in trained_runs(ex)]
+
+# %% ../nbs/01_data.ipynb #c3a1f102
+class _ToolsBound:
+    "A tokenizer whose `apply_chat_template` always passes `tools`: every rendering the span helpers make sees the same tool definitions."
+    def __init__(self, tok, tools): self._tok, self._tools = tok, tools
+    def apply_chat_template(self, msgs, **kw): return self._tok.apply_chat_template(msgs, tools=self._tools, **kw)
+    def __call__(self, *a, **kw): return self._tok(*a, **kw)
+    def __len__(self): return len(self._tok)
+    def __getattr__(self, k): return getattr(self._tok, k)
+
+_PROBE_TOOL = {'type': 'function', 'function': {'name': 'ftnb_probe', 'description': 'ftnb probe description',
+               'parameters': {'type': 'object', 'properties': {'q': {'type': 'string', 'description': 'a query'}}, 'required': ['q']}}}
+_PROBE = [_msg('user', 'x'), {'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'probe0001', 'type': 'function', 'function': {'name': 'ftnb_probe', 'arguments': {'q': 'ftnb_probe_argument'}}}]},
+          {'role': 'tool', 'content': 'y', 'tool_call_id': 'probe0001', 'name': 'ftnb_probe'}, _msg('assistant', 'z')]
+_TOOL_SUPPORT = {}
+
+def _tool_support(tok, tpl:str)->tuple[bool, bool]:
+    "(shows tool definitions, shows tool calls): whether rendering a probe conversation with `tpl` leaves a trace of its tool and of its call."
+    key = (tpl, tok.bos_token, tok.eos_token)
+    if key not in _TOOL_SUPPORT:
+        try: r = _render(tok, _PROBE, tpl, tools=[_PROBE_TOOL])
+        except Exception: r = ''
+        _TOOL_SUPPORT[key] = ('ftnb probe description' in r, 'ftnb_probe_argument' in r)
+    return _TOOL_SUPPORT[key]
+
+def _check_tools(tok, tpl:str, defs:bool, calls:bool, where:str=''):
+    "Refuse a template that would drop the tool definitions or calls a dataset has."
+    shows = _tool_support(tok, tpl)
+    if missing := [w for w, need, ok in (('tool definitions', defs, shows[0]), ('tool calls', calls, shows[1])) if need and not ok]:
+        raise ValueError(f"{where}the chat template has no tool support: a conversation rendered with {' and '.join(missing)} shows no trace of them. Use a template "
+                         "that renders tools (the model's own, as Qwen2.5's, Llama-3.1's, Mistral v0.3's or Hermes' do), or leave out the rows with tools")
 
 # %% ../nbs/01_data.ipynb #c0acfe11
 def tokenize_text(text:str, tokenizer, max_length:int=None, truncation:str='right')->dict:
@@ -576,12 +813,13 @@ class PrepReport:
 # %% ../nbs/01_data.ipynb #d7922d3c
 def _tokenize_row(row, tok, template, train_on, max_length, truncation):
     "Tokenize one loaded row for `datasets.map`; problems go to `status` rather than raising."
-    msgs = [{k: v for k, v in m.items() if v is not None} for m in row['messages']]
+    msgs = [{k: (json.loads(v) if k == 'tool_calls' else v) for k, v in m.items() if v is not None} for m in row['messages']]
+    tools = json.loads(row['tools']) if row.get('tools') else None
     out = {'status': '', 'system_dropped': False, 'n_trained': 0}
     try:
         if row['source_format'] == 'text': ex = tokenize_text(msgs[0]['content'], tok)
         else:
-            ex, rendered = _encode_chat(msgs, tok, chat_template(tok, template), train_on)
+            ex, rendered = _encode_chat(msgs, tok, chat_template(tok, template), train_on, tools)
             out['system_dropped'] = msgs[0]['role'] == 'system' and msgs[0]['content'].strip() not in rendered
     except Exception as e:
         return {**out, 'input_ids': [], 'attention_mask': [], 'labels': [], 'status': f'template rejected the conversation: {e}'}
@@ -612,16 +850,21 @@ def prepare_dataset(source,                 # anything `load_records` reads
                     num_proc:int=None,      # processes for `datasets.map`
                     cache_dir:str=None,     # where tokenized rows are cached; default: the datasets cache
                     split:str='train',      # split of a `DatasetDict` or hub dataset
+                    columns:dict=None,      # a LLaMA-Factory `dataset_info.json` entry, or its `columns` (see `ColumnMap`)
+                    sft_on:str=None,        # 'chosen': train preference data on its chosen replies
                     **kw                    # passed to `datasets.load_dataset` for hub names
                    )->tuple:                # (`Dataset` of input_ids/attention_mask/labels, `PrepReport`)
     "Load, validate and tokenize `source` with exact loss masks, without padding; returns the dataset and a report."
     if truncation not in ('right', 'left', 'drop'): raise ValueError(f"truncation must be 'right', 'left' or 'drop', not {truncation!r}")
     if train_on not in TRAIN_ON: raise ValueError(f'train_on must be one of {TRAIN_ON}, not {train_on!r}')
     fix_tokenizer(tokenizer, template)
-    rows, places, bad = _read(source, format, errors, split, **kw)
+    rows, places, bad = _read(source, format, errors, split, columns, sft_on, **kw)
+    defs, calls = (next((i for i, r in enumerate(rows) if f(r)), None) for f in (lambda r: r.get('tools'), lambda r: any(m.get('tool_calls') for m in r['messages'])))
+    if defs is not None or calls is not None:
+        _check_tools(tokenizer, chat_template(tokenizer, template), defs is not None, calls is not None, f'{places[defs if defs is not None else calls]}: ')
     raw = datasets.Dataset.from_list(rows)
     args = dict(tok=tokenizer, template=template, train_on=train_on, max_length=max_length, truncation=truncation)
-    cache = _cache_file(cache_dir, rows, args)
+    cache = _cache_file(cache_dir, rows, args, columns, sft_on)
     ds = raw.map(_tokenize_row, fn_kwargs=args, remove_columns=raw.column_names, num_proc=num_proc,
                  cache_file_name=cache, load_from_cache_file=True, desc='Tokenizing')
     status = ds['status']

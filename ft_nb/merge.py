@@ -251,7 +251,8 @@ def merge_adapter(adapter_dir,              # folder written by `finetune`, PEFT
     mode, tb, notes = _how_trained(info, cfg, mode, check_4bit)
     src, tok_dir = compute_dtype(tb.get('dtype') or dt), _tokenizer_source(adapter_dir, info, base)   # src: the dtype training's 4-bit load quantized from
     load = lambda d: _rebuilt_base(base, cfg, tok_dir, tb, src, d) if mode == 'nf4' else _load(base, tok_dir, d)
-    trained = _trained_logits(base, adapter_dir, tok_dir, tb, src, prompts, check_4bit, mode == 'original' and tb.get('quant') == '4bit', lambda: load(dt))
+    trained = _trained_logits(base, adapter_dir, tok_dir, tb, src, prompts, check_4bit, mode == 'original' and tb.get('quant') == '4bit',
+                              lambda: _rebuilt_base(base, cfg, tok_dir, tb, src, dt))
     model, tok = load(dt)
     shown = base if base == named or not named else f'{base} (the adapter names {named})'
     merged, unmerged, effect, new = _merge_measured(model, tok, adapter_dir, shown, prompts)

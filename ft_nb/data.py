@@ -557,14 +557,21 @@ def turn_frame(tok, template:str=None)->tuple[str, str]:
         if s0 not in full and between is None: raise ValueError('the chat template does not render assistant messages')
         before, after = full.split(s0, 1) if s0 in full else (two.split(s0, 1)[0], between)  # some drop a final assistant message
         lead = before[len(prompt):] if before.startswith(prompt) else ''
-        _TURN_END[key] = lead, _mid_end(tok, after if s0 in full else '', after if between is None else between, before.split(u0, 1)[0])
+        _TURN_END[key] = lead, _mid_end(tok, after if s0 in full else '', after if between is None else between, before.split(u0, 1)[0], prompt.split(u0, 1)[-1])
         if not after.strip(): warnings.warn('the chat template writes nothing after an assistant turn: a model trained with it will not learn to stop')
     return _TURN_END[key]
 
-def _mid_end(tok, after:str, between:str, user_head:str)->str:
-    "End of a turn that more turns follow: the tokens it shares with the end of a last turn, else those before the next user header."
+def _mid_end(tok, after:str, between:str, user_head:str, after_user:str='')->str:
+    "End of a turn that more turns follow: the tokens it shares with the end of a last turn, else with the end of a user turn, else those before the next user header."
     if end := after[:_shared(tok, after, between)].rstrip(): return end
+    head = user_head[len(tok.bos_token):] if tok.bos_token and user_head.startswith(tok.bos_token) else user_head
+    both = between[:_shared(tok, between, after_user)]  # the end every turn writes, and the start the next header shares: `<|im_end|>\n<|im_start|>`
+    if end := _before_header(both, head).rstrip(): return end
     return between[:len(between) - _shared(tok, between, user_head, tail=True)].rstrip()
+
+def _before_header(both:str, head:str)->str:
+    "`both` less its longest tail that starts the conversation's first header too (`<|im_start|>` of `<|im_start|>system`)."
+    return next((both[:k] for k in range(len(both)) if head.startswith(both[k:])), both)
 
 def _shared(tok, x:str, y:str, tail:bool=False)->int:
     "Characters of `x` it shares with `y` at the start (or at the `tail`), cut at a token boundary of `x`: `<|end|>\n<|` becomes `<|end|>\n`."

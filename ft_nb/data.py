@@ -540,31 +540,41 @@ def padding_side(tok, side:str='left'):
 _SENT = '\ue000{}\ue001'
 _TURN_END = {}
 
-def _render(tok, msgs, tpl, **kw)->str: return tok.apply_chat_template(msgs, chat_template=tpl, tokenize=False, **kw)
+def _render(tok, msgs, tpl, tools=None, **kw)->str: return tok.apply_chat_template(msgs, chat_template=tpl, tools=tools, tokenize=False, **kw)
 
 # %% ../nbs/01_data.ipynb #b426528f
-def turn_frame(tok, template:str=None)->tuple[str, str]:
+def turn_frame(tok,                # a tokenizer
+               template:str=None,  # built-in name or Jinja; None: the tokenizer's own
+               tools:list=None     # tool definitions, for templates that render differently (or only) with them
+              )->tuple[str, str]:  # (lead, end)
     "(lead, end): what an assistant turn writes before its content after the generation prompt, and what ends it when more turns follow."
     tpl = chat_template(tok, template)
     key = (tpl, tok.bos_token, tok.eos_token, tok.name_or_path, len(tok))
     if key not in _TURN_END:
         (u0, u1), (s0, s1) = [_SENT.format(i) for i in (8, 9)], [_SENT.format(i) for i in (0, 1)]
         one = [_msg('user', u0), _msg('assistant', s0)]
-        prompt, full = _render(tok, one[:1], tpl, add_generation_prompt=True), _render(tok, one, tpl)
-        try: two = _render(tok, one + [_msg('user', u1), _msg('assistant', s1)], tpl)
+        prompt, full = _render(tok, one[:1], tpl, tools, add_generation_prompt=True), _render(tok, one, tpl, tools)
+        try: two = _render(tok, one + [_msg('user', u1), _msg('assistant', s1)], tpl, tools)
         except Exception: two = ''
         between = two.split(s0, 1)[1].split(u1, 1)[0] if s0 in two else None
         if s0 not in full and between is None: raise ValueError('the chat template does not render assistant messages')
         before, after = full.split(s0, 1) if s0 in full else (two.split(s0, 1)[0], between)  # some drop a final assistant message
         lead = before[len(prompt):] if before.startswith(prompt) else ''
-        _TURN_END[key] = lead, _mid_end(tok, after if s0 in full else '', after if between is None else between, before.split(u0, 1)[0])
+        _TURN_END[key] = lead, _mid_end(tok, after if s0 in full else '', after if between is None else between, before.split(u0, 1)[0], prompt.split(u0, 1)[-1])
         if not after.strip(): warnings.warn('the chat template writes nothing after an assistant turn: a model trained with it will not learn to stop')
     return _TURN_END[key]
 
-def _mid_end(tok, after:str, between:str, user_head:str)->str:
-    "End of a turn that more turns follow: the tokens it shares with the end of a last turn, else those before the next user header."
+def _mid_end(tok, after:str, between:str, user_head:str, after_user:str='')->str:
+    "End of a turn that more turns follow: the tokens it shares with the end of a last turn, else with the end of a user turn, else those before the next user header."
     if end := after[:_shared(tok, after, between)].rstrip(): return end
+    head = user_head[len(tok.bos_token):] if tok.bos_token and user_head.startswith(tok.bos_token) else user_head
+    both = between[:_shared(tok, between, after_user)]  # the end every turn writes, and the start the next header shares: `<|im_end|>\n<|im_start|>`
+    if end := _before_header(both, head).rstrip(): return end
     return between[:len(between) - _shared(tok, between, user_head, tail=True)].rstrip()
+
+def _before_header(both:str, head:str)->str:
+    "`both` less its longest tail that starts the conversation's first header too (`<|im_start|>` of `<|im_start|>system`)."
+    return next((both[:k] for k in range(len(both)) if head.startswith(both[k:])), both)
 
 def _shared(tok, x:str, y:str, tail:bool=False)->int:
     "Characters of `x` it shares with `y` at the start (or at the `tail`), cut at a token boundary of `x`: `<|end|>\n<|` becomes `<|end|>\n`."
@@ -604,29 +614,59 @@ def _locate(rendered:str, pieces:list[str], contents:list[str])->list[tuple[int,
 
 def _with_lead(rendered, a, lead): return a - len(lead) if lead and a >= len(lead) and rendered.startswith(lead, a - len(lead)) else a
 
-def _sentinel_spans(tok, msgs, tpl, rendered):
-    "Assistant spans, from one rendering with sentinels in place of the assistant contents."
-    contents = [m['content'] for m in msgs if m['role'] == 'assistant']
-    if any('\ue000' in c for c in contents): return None
-    it = iter(range(len(contents)))
-    masked = [{**m, 'content': _SENT.format(next(it))} if m['role'] == 'assistant' else m for m in msgs]
-    parts = re.split('\ue000(\\d+)\ue001', _render(tok, masked, tpl))
-    if parts[1::2] != [str(i) for i in range(len(contents))]: return None
-    spans, (lead, end) = _locate(rendered, parts[0::2], contents), turn_frame(tok, tpl)
+def _masked(msgs)->tuple[list[dict], list[tuple]]:
+    "`msgs` with a sentinel in each assistant content and in the function name of each turn's first tool call; (turn, text, kind) of each sentinel."
+    out, marks = [], []
+    for m in msgs:
+        if m['role'] != 'assistant': out.append(m); continue
+        k, calls, m = len({t for t, *_ in marks}), m.get('tool_calls'), dict(m)
+        if m.get('content') or not calls:  # an empty content beside a call is left empty: templates write a separator only for a content
+            marks.append((k, m.get('content') or '', 'content' if not calls else 'content beside a call')); m['content'] = _SENT.format(len(marks) - 1)
+        if calls:
+            f = calls[0]['function']; marks.append((k, f['name'], 'call'))
+            m['tool_calls'] = [{**calls[0], 'function': {**f, 'name': _SENT.format(len(marks) - 1)}}, *calls[1:]]
+        out.append(m)
+    return out, marks
+
+def _call_lead(tok, tpl, m:dict, i:int, tools=None)->str|None:
+    "What the template writes between the generation prompt and the sentinel function name `i` of the call turn `m`, alone after one user turn."
+    one = [_msg('user', 'x'), {**m, 'content': ''}]
+    try: prompt, full = _render(tok, one[:1], tpl, tools, add_generation_prompt=True), _render(tok, one, tpl, tools)
+    except Exception: return None
+    before = full.split(_SENT.format(i), 1)[0]
+    return before[len(prompt):] if before.startswith(prompt) and len(before) < len(full) else None
+
+def _sentinel_spans(tok, msgs, tpl, rendered, tools=None):
+    "Assistant spans, from one rendering with sentinels in place of the assistant contents (and of the first function name of a tool-call turn)."
+    masked, marks = _masked(msgs)
+    if any('\ue000' in t for _, t, _ in marks): return None
+    parts = re.split('\ue000(\\d+)\ue001', _render(tok, masked, tpl, tools))
+    found = [int(i) for i in parts[1::2]]
+    if found != sorted(set(found)) or any(i not in found for i, (_, _, kind) in enumerate(marks) if kind != 'content beside a call'): return None
+    spans, (lead, end) = _locate(rendered, parts[0::2], [marks[i][1] for i in found]), turn_frame(tok, tpl, tools)
     if spans is None: return None
+    turns = [i for i, m in enumerate(msgs) if m['role'] == 'assistant']
     out, last = [], msgs[-1]['role'] == 'assistant'
-    for k, (a, b) in enumerate(spans):
-        if last and k == len(spans) - 1: b += len(parts[-1].rstrip())  # the conversation's end: all the template writes after the reply
-        elif rendered.startswith(end, b): b += len(end)
+    for k in range(len(turns)):
+        mine = [j for j, i in enumerate(found) if marks[i][0] == k]
+        if not mine: return None
+        (a, _), (_, b), first, kind = spans[mine[0]], spans[mine[-1]], found[mine[0]], marks[found[mine[-1]]][2]
+        if marks[first][2] != 'call': a = _with_lead(rendered, a, lead)
+        elif (cl := _call_lead(tok, tpl, masked[turns[k]], first, tools)) is not None and rendered.startswith(cl, a - len(cl)): a -= len(cl)
         else: return None
-        out.append((_with_lead(rendered, a, lead), b))
+        piece = parts[0::2][mine[-1] + 1]
+        if last and k == len(turns) - 1: b += len(piece.rstrip())  # the conversation's end: all the template writes after the reply
+        elif kind != 'call' and rendered.startswith(end, b): b += len(end)
+        elif kind == 'call' and end and (p := piece.find(end)) >= 0: b += p + len(end)  # the rest of the call(s), then the end of the turn
+        else: return None
+        out.append((a, b))
     return out
 
-def _prefix_spans(tok, msgs, tpl, rendered):
+def _prefix_spans(tok, msgs, tpl, rendered, tools=None):
     "Assistant spans from rendering every prefix of the conversation (any prefix-consistent template; quadratic)."
-    spans, end = [], turn_end(tok, tpl)
+    spans, end = [], turn_frame(tok, tpl, tools)[1]
     for k, i in enumerate(i for i, m in enumerate(msgs) if m['role'] == 'assistant'):
-        prompt, alone = _render(tok, msgs[:i], tpl, add_generation_prompt=True), _render(tok, msgs[:i+1], tpl).rstrip()
+        prompt, alone = _render(tok, msgs[:i], tpl, tools, add_generation_prompt=True), _render(tok, msgs[:i+1], tpl, tools).rstrip()
         a = len(prompt)
         if not (rendered.startswith(prompt) and alone.startswith(prompt)): raise _unlocatable(msgs, rendered, k, i)
         if i == len(msgs) - 1: b = len(alone)
@@ -650,9 +690,14 @@ def _unlocatable(msgs, rendered, k, i)->ValueError:
     return ValueError(f'assistant turn {k} (message {i}): the chat template renders a conversation differently from its prefixes '
                       f'and around a placeholder content; cannot locate the assistant turns')
 
-def assistant_spans(tok, msgs, tpl, rendered)->list[tuple[int, int]]:
+def assistant_spans(tok,              # the tokenizer that rendered `rendered`
+                    msgs:list[dict],  # the conversation
+                    tpl:str,          # the Jinja template
+                    rendered:str,     # `apply_chat_template(msgs, tools=tools, tokenize=False)`
+                    tools:list=None   # the tool definitions it was rendered with
+                   )->list[tuple[int, int]]:
     "Character spans of each assistant turn and its end-of-turn text in `rendered` (the last turn's with all that ends the conversation)."
-    return _sentinel_spans(tok, msgs, tpl, rendered) or _prefix_spans(tok, msgs, tpl, rendered)
+    return _sentinel_spans(tok, msgs, tpl, rendered, tools) or _prefix_spans(tok, msgs, tpl, rendered, tools)
 
 # %% ../nbs/01_data.ipynb #b07fc3a4
 def _encode(tok, text:str):
@@ -707,13 +752,12 @@ def _encode_chat(messages, tok, tpl, train_on, tools=None):
     "(example, rendered text) of a conversation; assistant turns marked `train: False` are rendered but not labelled."
     calls = any(m.get('tool_calls') for m in messages)
     if tools or calls: _check_tools(tok, tpl, bool(tools), calls)
-    t = _ToolsBound(tok, tools) if tools else tok
-    rendered = _render(t, messages, tpl)
+    rendered = _render(tok, messages, tpl, tools)
     ids, char_to_token = _encode(tok, rendered)
     if train_on == 'all': labels = list(ids)
     else:
         trained = [m.get('train', True) is not False for m in messages if m['role'] == 'assistant']
-        spans = [s for s, keep in zip(assistant_spans(t, messages, tpl, rendered), trained) if keep]
+        spans = [s for s, keep in zip(assistant_spans(tok, messages, tpl, rendered, tools), trained) if keep]
         labels = _label_spans(ids, char_to_token, spans[-1:] if train_on == 'last' else spans)
     return {'input_ids': ids, 'attention_mask': [1] * len(ids), 'labels': labels}, rendered
 
@@ -731,14 +775,6 @@ def trained_text(tok, ex:dict)->list[str]:
     return [tok.decode(r) for r in trained_runs(ex)]
 
 # %% ../nbs/01_data.ipynb #c3a1f102
-class _ToolsBound:
-    "A tokenizer whose `apply_chat_template` always passes `tools`: every rendering the span helpers make sees the same tool definitions."
-    def __init__(self, tok, tools): self._tok, self._tools = tok, tools
-    def apply_chat_template(self, msgs, **kw): return self._tok.apply_chat_template(msgs, tools=self._tools, **kw)
-    def __call__(self, *a, **kw): return self._tok(*a, **kw)
-    def __len__(self): return len(self._tok)
-    def __getattr__(self, k): return getattr(self._tok, k)
-
 _PROBE_TOOL = {'type': 'function', 'function': {'name': 'ftnb_probe', 'description': 'ftnb probe description',
                'parameters': {'type': 'object', 'properties': {'q': {'type': 'string', 'description': 'a query'}}, 'required': ['q']}}}
 _PROBE = [_msg('user', 'x'), {'role': 'assistant', 'content': '', 'tool_calls': [{'id': 'probe0001', 'type': 'function', 'function': {'name': 'ftnb_probe', 'arguments': {'q': 'ftnb_probe_argument'}}}]},

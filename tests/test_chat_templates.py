@@ -30,7 +30,7 @@ def case_tok(case):
         return tok, OWN[name]
     tok = load_tok('qwen2.5')
     fx = FIXTURES[name] if not kind else {'chat_template': TEMPLATES[name], 'bos_token': '<s>', 'eos_token': '</s>', 'expect': BUILTINS[name]}
-    tok.add_tokens(markers(fx['chat_template']), special_tokens=True)
+    tok.add_tokens(markers(fx['chat_template']) + fx.get('tokens', []), special_tokens=True)
     tok.add_special_tokens({'bos_token': fx['bos_token'], 'eos_token': fx['eos_token']})
     tok.chat_template = fx['chat_template']
     return tok, fx['expect']

@@ -88,16 +88,29 @@ def test_tool_templates(name, tmp_path):
     check_tool_conversation(tok, ds[0], out[0], tpl)
 
 def test_mistral_tool_calls(tmp_path):
-    "Mistral v0.3's own template: the call ids it demands (9 characters) are given, and the call is trained."
+    "Mistral v0.3's own template, three user turns: it drops the content of a call turn and writes [AVAILABLE_TOOLS] before the last user turn only, yet each call is found in one rendering and trained whole."
     tok = load_tok('mistral-7b-instruct-v0.3')
-    rec = json.loads(GLAIVE.read_text())[0]
-    one = [{**rec, 'conversations': rec['conversations'][:4]}]  # one user turn: see the note on multi-turn Mistral below
-    ds = load_records(one, columns=INFO['glaive_toolcall_en_demo'])
-    ex = tokenize_chat(*chat(ds[0])[:1], tok, tools=chat(ds[0])[1])
+    ds = load_records(GLAIVE, columns=INFO['glaive_toolcall_en_demo'])
     msgs, tools = chat(ds[0])
-    assert ex['input_ids'] == tok.apply_chat_template(hf(msgs), tools=tools)['input_ids']
-    assert trained_text(tok, ex) == ['[TOOL_CALLS] [{"name": "calculate_area", "arguments": {"shape": "rectangle", "dimensions": [5, 3]}, "id": "call00001"}]</s>',
-                                     'The area of the rectangle with length 5 units and breadth 3 units is 15 square units.</s>']
+    ex = tokenize_chat(msgs, tok, tools=tools)
+    runs = check_tool_conversation(tok, ds[0], ex)
+    assert runs[0] == '[TOOL_CALLS] [{"name": "calculate_area", "arguments": {"shape": "rectangle", "dimensions": [5, 3]}, "id": "call00001"}]</s>'
+    assert runs[1] == 'The area of the rectangle with length 5 units and breadth 3 units is 15 square units.</s>'
+
+@pytest.mark.parametrize('name', ['mistral', 'qwen', 'hermes', 'llama3.1'])
+def test_tool_calls_in_one_rendering(name, monkeypatch):
+    "Call turns are located from the one rendering with sentinels (a function name stands in for a call), never from rendering every prefix."
+    import ft_nb.data as D
+    def no_prefix(*a, **kw): raise AssertionError('rendered every prefix')
+    monkeypatch.setattr(D, '_prefix_spans', no_prefix)
+    tpl = None
+    if name in ('mistral', 'qwen'): tok = load_tok({'mistral': 'mistral-7b-instruct-v0.3', 'qwen': 'qwen2.5'}[name])
+    else:
+        tpl = (FIX/f"vllm_tool_chat_template_{'llama3.1_json' if name == 'llama3.1' else name}.jinja").read_text()
+        tok = fix_tokenizer(load_tok('smollm2'), 'llama3' if name == 'llama3.1' else 'chatml')
+    ds = load_records(GLAIVE, columns=INFO['glaive_toolcall_en_demo'])
+    msgs, tools = chat(ds[0])
+    check_tool_conversation(tok, ds[0], tokenize_chat(msgs, tok, template=tpl, tools=tools), tpl)
 
 def test_template_without_tools_is_refused(tmp_path):
     "SmolLM2 has no template of its own, so it gets the built-in chatml, which ignores tools: refused before tokenizing."

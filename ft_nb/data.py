@@ -549,7 +549,7 @@ def turn_frame(tok,                # a tokenizer
               )->tuple[str, str]:  # (lead, end)
     "(lead, end): what an assistant turn writes before its content after the generation prompt, and what ends it when more turns follow."
     tpl = chat_template(tok, template)
-    key = (tpl, tok.bos_token, tok.eos_token, tok.name_or_path, len(tok))
+    key = (tpl, tok.bos_token, tok.eos_token, tok.name_or_path, len(tok), json.dumps(tools, sort_keys=True) if tools else None)
     if key not in _TURN_END:
         (u0, u1), (s0, s1) = [_SENT.format(i) for i in (8, 9)], [_SENT.format(i) for i in (0, 1)]
         one = [_msg('user', u0), _msg('assistant', s0)]

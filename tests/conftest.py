@@ -29,3 +29,47 @@ def check_trained(tok, msgs, ex, end):
         assert ok, (text, c, end)
         extra = text[:len(text) - len(ok[0])]
         assert not extra or extra in tok.decode(run[:1]), (extra, tok.decode(run[:1]))
+
+
+# The reliability figures (README's Reliability section): every fault and fuzz test records what it did through the
+# `reliability` fixture; at the end of the session the totals go to tests/artifacts/reliability.json and .md.
+RELIABILITY = []
+
+@pytest.fixture
+def reliability(request):
+    "Record faults injected and survived, fuzzed inputs and their errors, files modified by failed runs, pickles executed."
+    class Recorder:
+        def fault(self, what:str, survived:bool, files_lost:int=0):
+            "One injected fault: whether ft_nb came through it with a clear message, and how many saved files it lost or left half-written."
+            RELIABILITY.append(dict(test=request.node.nodeid, kind='fault', what=what, survived=bool(survived), files_lost=files_lost))
+        def fuzz(self, what:str, tried:int, ft_nb_errors:int, foreign:int, files_modified:int=0):
+            "A fuzz run: inputs tried, ft_nb's own errors among them, tracebacks from other code (must be 0), input files changed (must be 0)."
+            RELIABILITY.append(dict(test=request.node.nodeid, kind='fuzz', what=what, tried=tried, ft_nb_errors=ft_nb_errors, foreign=foreign, files_modified=files_modified))
+        def pickle(self, what:str, executed:bool):
+            "A crafted pickle put where ft_nb reads one: whether its code ran (must never)."
+            RELIABILITY.append(dict(test=request.node.nodeid, kind='pickle', what=what, executed=bool(executed)))
+        def modified(self, what:str, n:int):
+            "Files of the user's changed by a failed run (must be 0)."
+            RELIABILITY.append(dict(test=request.node.nodeid, kind='modified', what=what, files_modified=n))
+    return Recorder()
+
+def reliability_table(rows:list)->str:
+    "The README table of the reliability figures."
+    f = [r for r in rows if r['kind'] == 'fault']
+    z = [r for r in rows if r['kind'] == 'fuzz']
+    p = [r for r in rows if r['kind'] == 'pickle']
+    mod = sum(r.get('files_modified', 0) for r in rows if r['kind'] in ('fuzz', 'modified'))
+    return '\n'.join(['| figure | value |', '|---|---|',
+        f"| faults injected / survived with nothing lost | {len(f)} / {sum(r['survived'] and not r['files_lost'] for r in f)} |",
+        f"| fuzzed inputs tried / ft_nb errors / foreign tracebacks | {sum(r['tried'] for r in z):,} / {sum(r['ft_nb_errors'] for r in z):,} / {sum(r['foreign'] for r in z)} |",
+        f"| files modified by a failed run | {mod} |",
+        f"| pickles executed / crafted pickles tried | {sum(r['executed'] for r in p)} / {len(p)} |"])
+
+def pytest_sessionfinish(session, exitstatus):
+    if not RELIABILITY: return
+    import json
+    from pathlib import Path
+    out = Path(__file__).parent/'artifacts'
+    out.mkdir(exist_ok=True)
+    (out/'reliability.json').write_text(json.dumps(RELIABILITY, indent=1))
+    (out/'reliability.md').write_text(reliability_table(RELIABILITY) + '\n')

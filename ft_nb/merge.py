@@ -2,7 +2,7 @@
 
 # %% ../nbs/09_merge.ipynb #ffd5d0e7
 from __future__ import annotations
-import gc, json, shutil, tempfile, time, warnings
+import errno, gc, json, os, pickle, shutil, tempfile, time, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
@@ -20,6 +20,13 @@ def _latest_checkpoint(d:Path)->Path|None:
     "The Trainer checkpoint folder (`checkpoint-N`) in `d` with the highest step that holds an adapter, or None."
     cks = [c for c in d.glob('checkpoint-*') if c.name.split('-')[-1].isdigit() and (c/'adapter_config.json').exists()]
     return max(cks, key=lambda c: int(c.name.split('-')[-1]), default=None)
+
+def _check_safetensors(path:Path):
+    "Open `path`'s header (cheap, no tensors read): a truncated or foreign file is named here, not deep inside PEFT."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt'): pass
+    except Exception as e: raise ValueError(f'{path} is damaged: it is not a complete safetensors file ({e}); copy or download it again') from None
 
 def _json(path:Path)->dict:
     "A JSON file's content, or an error naming the file."
@@ -40,6 +47,7 @@ def read_adapter(adapter_dir,              # a PEFT adapter folder: from ft_nb, 
         if not (d/'adapter_model.bin').exists(): raise FileNotFoundError(f'{d} has adapter_config.json but no adapter_model.safetensors: the adapter weights are missing')
         if not allow_pickle: raise ValueError(f'{d/"adapter_model.bin"} is a pickle file, and loading a pickle can run code hidden in it: pass allow_pickle=True '
                                               '(--allow-pickle) if you trust where it came from, or save the adapter as safetensors')
+    if (d/'adapter_model.safetensors').exists(): _check_safetensors(d/'adapter_model.safetensors')
     cfg = _json(d/'adapter_config.json')
     trained = _json(d/TRAINING_BASE) if (d/TRAINING_BASE).exists() else None
     return dict(base=cfg.get('base_model_name_or_path'), peft_type=cfg.get('peft_type'), training_base=trained,
@@ -143,6 +151,9 @@ def _attach(model, adapter_dir, base, **kw):
         with warnings.catch_warnings():   # PEFT reads transformers' deprecated `is_gradient_checkpointing`
             warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing', category=FutureWarning)
             return PeftModel.from_pretrained(model, str(adapter_dir), **kw)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f'{adapter_dir}/adapter_model.bin holds more than tensors (code or other objects), so it was not loaded: '
+                         f'PEFT reads pickles weights-only. ({str(e).splitlines()[0]})') from None
     except (RuntimeError, ValueError) as e:
         if 'size mismatch' not in str(e) and 'shape' not in str(e): raise
         first = next((l.strip() for l in str(e).splitlines() if 'size mismatch' in l or 'shape' in l), str(e)[:200])
@@ -262,28 +273,64 @@ def merge_adapter(adapter_dir,              # folder written by `finetune`, PEFT
     tmp = _write_partial(merged, tok, out, max_shard_size)
     try:
         del model, merged; _release()
-        if not rep.passed and dt != torch.float32: _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new)
+        if not rep.passed and dt != torch.float32: _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new, tmp)
         if not rep.passed: raise MergeError(f'the merged model is not the adapter model: {rep}. Nothing was written.')
         rep.seconds = round(time.time() - t0, 1)
-        (tmp/'merge_report.json').write_text(json.dumps(asdict(rep), indent=2))
-        if out.exists(): shutil.rmtree(out)
-        tmp.rename(out)
+        _move_into_place(tmp, out, rep)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
     return rep
 
 # %% ../nbs/09_merge.ipynb #c1aa5c88
+def _partial_prefix(out:Path)->str: return f'.{out.name}.partial-'
+
+def _stale_partials(out:Path)->list[Path]:
+    "Temporary folders of earlier merges into `out` whose process is gone (killed mid-write): safe to remove."
+    def alive(p:Path)->bool:
+        try: os.kill(int(p.name[len(_partial_prefix(out)):].split('-')[0]), 0); return True
+        except (ValueError, ProcessLookupError): return False
+        except PermissionError: return True   # another user's process
+    return [p for p in out.parent.glob(_partial_prefix(out) + '*') if p.is_dir() and not alive(p)]
+
+def _model_bytes(model)->int:
+    "Bytes the model's tensors take on disk (tied weights once)."
+    return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in model.state_dict().values()}.values())
+
+def _no_space(e)->bool:
+    "Whether `e` is a full disk: an OSError with ENOSPC/EDQUOT, or safetensors' error, which keeps only the text."
+    return getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or 'os error 28' in str(e) or 'No space left on device' in str(e)
+
+def _space_error(out:Path, need:int)->OSError:
+    free = shutil.disk_usage(out.parent).free
+    return OSError(f'not enough space in {out.parent} for the merged model: it needs about {need / 2**20:,.0f} MiB and {free / 2**20:,.0f} MiB are free. '
+                   'Nothing was written; free some space and run the merge again')
+
 def _write_partial(model, tok, out:Path, max_shard_size)->Path:
-    "Save to a temporary folder beside `out`, moved into place only once verified: `out` is never left half-written."
+    "Save to a temporary folder beside `out`, moved into place only once verified: `out` is never left half-written. A full disk is said before writing, or cleaned up after."
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial-'))
+    for p in _stale_partials(out): shutil.rmtree(p, ignore_errors=True)
+    need = _model_bytes(model)
+    if shutil.disk_usage(out.parent).free < need + 2**20: raise _space_error(out, need)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'{_partial_prefix(out)}{os.getpid()}-'))
     try:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tok.save_pretrained(tmp)
-    except BaseException:
-        shutil.rmtree(tmp); raise
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(e): raise _space_error(out, need) from None
+        raise
     return tmp
 
+def _move_into_place(tmp:Path, out:Path, rep):
+    "Write the report into the verified folder and move it to `out` (replacing what `overwrite` allowed)."
+    try: (tmp/'merge_report.json').write_text(json.dumps(asdict(rep), indent=2))
+    except OSError as e:
+        if _no_space(e): raise _space_error(out, 2**20) from None
+        raise
+    if out.exists(): shutil.rmtree(out)
+    tmp.rename(out)
+
+# %% ../nbs/09_merge.ipynb #cfa8c715
 def _tokenizer_source(adapter_dir, info, base)->str:
     "The adapter's own tokenizer when it has one (ft_nb and Trainer checkpoints save it), else the base's (PEFT's `save_pretrained` saves none)."
     if info['tokenizer']: return str(adapter_dir)
@@ -300,19 +347,19 @@ def _base_config(base, named):
                                      "; it is the base the adapter's adapter_config.json names: if that folder moved, pass base= (--base) with its new place")
         raise type(e)(said) from None
 
-def _fp32_bytes(rep)->int:
+# %% ../nbs/09_merge.ipynb #063183be
+def _fp32_bytes(tmp:Path, dtype:str)->int:
     "Bytes of the merged model in fp32, from its saved shards (4 bytes a parameter)."
-    files = list(Path(rep.out_dir).parent.glob(f'.{Path(rep.out_dir).name}.partial-*/*.safetensors'))
-    return int(sum(f.stat().st_size for f in files) * 4 / {'float32': 4, 'float16': 2, 'bfloat16': 2}[rep.dtype])
+    return int(sum(f.stat().st_size for f in tmp.glob('*.safetensors')) * 4 / {'float32': 4, 'float16': 2, 'bfloat16': 2}[dtype])
 
 def _fits(nbytes:int)->bool:
     "Whether `nbytes` more fit in the memory available now (on a GPU machine, `device_map='auto'` spreads an fp32 load across GPU and CPU)."
     import psutil
     return torch.cuda.is_available() or psutil.virtual_memory().available > 1.2 * nbytes
 
-def _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new):
+def _measure_floor(rep, load, adapter_dir, base, tok, prompts, unmerged, new, tmp:Path):
     "The rounding the merged dtype costs anyway: the unmerged adapter model in that dtype against the same model in fp32 (loaded after the merged model is freed)."
-    if (need := _fp32_bytes(rep)) and not _fits(need):
+    if not _fits(need := _fp32_bytes(tmp, rep.dtype)):
         rep.notes.append(f'the rounding floor of {rep.dtype} was not measured: it needs an fp32 copy of the model ({need / 2**30:.1f} GiB) and less memory is free. '
                          "Merge with dtype='fp32', or pass a tolerance= that you have checked")
         return

@@ -2,7 +2,7 @@
 
 # %% ../nbs/01_data.ipynb #5d333dae
 from __future__ import annotations
-import csv, json, os, re, warnings
+import csv, io, json, os, re, reprlib, sys, time, warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,18 +39,32 @@ OPENAI_ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assi
                 'tool': 'tool', 'function': 'tool'}
 
 # %% ../nbs/01_data.ipynb #41deff1a
+_REPR = reprlib.Repr(); _REPR.maxstring = _REPR.maxother = 40
+
+def _short(v)->str:
+    "A short repr of `v` for a message, however long or deeply nested `v` is."
+    return _REPR.repr(v)
+
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
 def _text(v, field:str, allow_empty=False)->str:
     "`v` if it is a usable string, else a `RecordError` naming `field`."
     if v is None: raise RecordError('missing', field)
-    if not isinstance(v, str): raise RecordError(f'expected text, got {type(v).__name__} {v!r:.40}', field)
+    if not isinstance(v, str): raise RecordError(f'expected text, got {type(v).__name__} {_short(v)}', field)
     if not allow_empty and not v.strip(): raise RecordError('empty text', field)
+    if m := _SURROGATE.search(v): raise RecordError(_not_utf8(m.group(), m.start()), field)
     return v
+
+def _not_utf8(c:str, i:int)->str:
+    "What is wrong with the surrogate `c` at character `i` of a text: a byte that was not UTF-8, or an unpaired `\\ud...` escape."
+    what = f'byte 0x{ord(c) - 0xdc00:02x}, which is not UTF-8,' if 0xdc80 <= ord(c) <= 0xdcff else f'an unpaired surrogate \\u{ord(c):04x}'
+    return f'{what} at character {i}: save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)'
 
 def _msg(role, content): return {'role': role, 'content': content}
 
 def _list(v, field:str)->list:
     if v is None: raise RecordError('missing', field)
-    if not isinstance(v, (list, tuple)) or not v: raise RecordError(f'expected a non-empty list, got {v!r:.40}', field)
+    if not isinstance(v, (list, tuple)) or not v: raise RecordError(f'expected a non-empty list, got {_short(v)}', field)
     return list(v)
 
 # %% ../nbs/01_data.ipynb #c3a1f0d3
@@ -81,10 +95,10 @@ def _weighted(msg:dict, turn:dict, field:str)->dict:
 def _call(c, field:str)->dict:
     "One tool call as `{'type': 'function', 'function': {'name', 'arguments'}}` (and its `id`), the arguments parsed to an object."
     c = _json_value(c, field)
-    if not isinstance(c, dict): raise RecordError(f'expected a tool call object, got {c!r:.40}', field)
+    if not isinstance(c, dict): raise RecordError(f'expected a tool call object, got {_short(c)}', field)
     f = c['function'] if isinstance(c.get('function'), dict) else c
     args = _json_value(f.get('arguments', f.get('parameters', {})), f'{field}.arguments')
-    if not isinstance(args, dict): raise RecordError(f'expected the arguments as an object, got {args!r:.40}', f'{field}.arguments')
+    if not isinstance(args, dict): raise RecordError(f'expected the arguments as an object, got {_short(args)}', f'{field}.arguments')
     call = {'type': 'function', 'function': {'name': _text(f.get('name'), f'{field}.name'), 'arguments': args}}
     return {'id': c['id'], **call} if isinstance(c.get('id'), str) and c['id'] else call
 
@@ -116,7 +130,7 @@ def _tools(v, field:str='tools')->list[dict]:
     out = []
     for i, t in enumerate(v if isinstance(v, list) else [v]):
         f = t.get('function', t) if isinstance(t, dict) else None
-        if not (isinstance(f, dict) and isinstance(f.get('name'), str)): raise RecordError(f'expected a tool definition with a name, got {t!r:.40}', f'{field}[{i}]')
+        if not (isinstance(f, dict) and isinstance(f.get('name'), str)): raise RecordError(f'expected a tool definition with a name, got {_short(t)}', f'{field}[{i}]')
         out.append({'type': 'function', 'function': f})
     return out
 
@@ -124,7 +138,9 @@ def _tools(v, field:str='tools')->list[dict]:
 def alpaca_to_messages(rec:dict)->list[dict]:
     "Messages of an Alpaca record: optional system, history turns, then instruction (+ input) and output."
     msgs = [_msg('system', _text(rec['system'], 'system'))] if rec.get('system') else []
-    for i, pair in enumerate(rec.get('history') or []):
+    history = rec.get('history') or []
+    if not isinstance(history, (list, tuple)): raise RecordError(f'expected a list of [instruction, output] pairs, got {_short(history)}', 'history')
+    for i, pair in enumerate(history):
         if not isinstance(pair, (list, tuple)) or len(pair) != 2: raise RecordError('expected an [instruction, output] pair', f'history[{i}]')
         msgs += [_msg('user', _text(pair[0], f'history[{i}][0]')), _msg('assistant', _text(pair[1], f'history[{i}][1]'))]
     instruction, inp = _text(rec.get('instruction'), 'instruction'), _text(rec.get('input') or '', 'input', allow_empty=True)
@@ -137,11 +153,11 @@ def sharegpt_to_messages(rec:dict)->list[dict]:
     msgs = [_msg('system', _text(rec['system'], 'system'))] if rec.get('system') else []
     for i, turn in enumerate(_list(rec.get('conversations'), 'conversations')):
         f = f'conversations[{i}]'
-        if not isinstance(turn, dict): raise RecordError(f'expected an object, got {turn!r:.40}', f)
+        if not isinstance(turn, dict): raise RecordError(f'expected an object, got {_short(turn)}', f)
         rk, ck = ('role', 'content') if 'role' in turn and 'from' not in turn else ('from', 'value')
         who = turn.get(rk)
         if not isinstance(who, str) or who.lower() not in SHAREGPT_ROLES:
-            raise RecordError(f'unknown role {who!r}; expected one of {sorted(SHAREGPT_ROLES)}', f'{f}.{rk}')
+            raise RecordError(f'unknown role {_short(who)}; expected one of {sorted(SHAREGPT_ROLES)}', f'{f}.{rk}')
         if who.lower() == 'function_call': msg = {'role': 'assistant', 'content': '', 'tool_calls': _calls(turn.get(ck), f'{f}.{ck}')}
         else: msg = _msg(SHAREGPT_ROLES[who.lower()], _text(turn.get(ck), f'{f}.{ck}'))
         msgs.append(_weighted(msg, turn, f))
@@ -151,7 +167,7 @@ def sharegpt_to_messages(rec:dict)->list[dict]:
 def _content(v, field)->tuple:
     "(text, tool calls) of a `content`: a string, or typed parts: `text` (its text under `text` as OpenAI writes it, or `value` as LLaMA-Factory's v1 does) and `tool_call`."
     if v is None or isinstance(v, str): return v, []
-    if not isinstance(v, list): raise RecordError(f'expected text or a list of typed parts, got {type(v).__name__} {v!r:.40}', field)
+    if not isinstance(v, list): raise RecordError(f'expected text or a list of typed parts, got {type(v).__name__} {_short(v)}', field)
     text, calls = [], []
     for j, p in enumerate(v):
         kind = p.get('type') if isinstance(p, dict) else None
@@ -159,7 +175,7 @@ def _content(v, field)->tuple:
             k = 'text' if 'text' in p else 'value'
             text.append(_text(p.get(k), f'{field}[{j}].{k}', allow_empty=True))
         elif kind == 'tool_call': calls.append(_call(p.get('value'), f'{field}[{j}].value'))
-        else: raise RecordError(f"unsupported content part {kind or p!r:.40}; only text and tool_call parts can be trained", f'{field}[{j}]')
+        else: raise RecordError(f"unsupported content part {_short(kind or p)}; only text and tool_call parts can be trained", f'{field}[{j}]')
     return ''.join(text), calls
 
 # %% ../nbs/01_data.ipynb #0d7cdba2
@@ -168,9 +184,9 @@ def openai_to_messages(rec:dict, key:str='messages')->list[dict]:
     msgs = []
     for i, m in enumerate(_list(rec.get(key), key)):
         f = f'{key}[{i}]'
-        if not isinstance(m, dict): raise RecordError(f'expected an object, got {m!r:.40}', f)
+        if not isinstance(m, dict): raise RecordError(f'expected an object, got {_short(m)}', f)
         role = m.get('role')
-        if role not in OPENAI_ROLES: raise RecordError(f'unknown role {role!r}; expected one of {sorted(OPENAI_ROLES)}', f'{f}.role')
+        if not isinstance(role, str) or role not in OPENAI_ROLES: raise RecordError(f'unknown role {_short(role)}; expected one of {sorted(OPENAI_ROLES)}', f'{f}.role')
         role, (text, calls) = OPENAI_ROLES[role], _content(m.get('content'), f'{f}.content')
         for k in ('tool_calls', 'function_call'):
             if m.get(k): calls = calls + _calls(m[k], f'{f}.{k}')
@@ -251,7 +267,7 @@ def preference_to_sft(rec:dict,          # a record with `chosen` and `rejected`
         prompt = rest.pop('prompt', None)
         return {**rest, 'messages': ([_msg('user', prompt)] if isinstance(prompt, str) else prompt or []) + v}
     if isinstance(v, str): return {**rest, 'output': v} if 'instruction' in rec else {**rest, 'completion': v}
-    raise RecordError(f'expected text, one turn or a list of messages, got {type(v).__name__} {v!r:.40}', key)
+    raise RecordError(f'expected text, one turn or a list of messages, got {type(v).__name__} {_short(v)}', key)
 
 # %% ../nbs/01_data.ipynb #c3a1f0e5
 _LF_ALPACA = {'prompt': 'instruction', 'query': 'input', 'response': 'output', 'system': 'system', 'history': 'history'}
@@ -283,7 +299,8 @@ class ColumnMap:
     def _turn(self, t):
         if not isinstance(t, dict) or self.role not in t: return t
         rest = {k: v for k, v in t.items() if k not in (self.role, self.content)}
-        return {**rest, 'from': self.roles.get(t[self.role], t[self.role]), 'value': t.get(self.content)}
+        r = t[self.role]
+        return {**rest, 'from': self.roles.get(r, r) if isinstance(r, str) else r, 'value': t.get(self.content)}
 
     def __call__(self, rec:dict)->dict:
         "The record with only the mapped columns, under our names (ShareGPT turns retagged)."
@@ -296,26 +313,36 @@ class ColumnMap:
 # %% ../nbs/01_data.ipynb #4f05bf2a
 _EXTS = {'.json', '.jsonl', '.csv', '.parquet'}
 
+def _decode(path:Path)->str:
+    "The text of `path`: UTF-8 (with or without a BOM), or UTF-16/32 as `json.loads` detects them. Bytes that are not UTF-8 stay as surrogates, which `_text` refuses in the record that holds them."
+    raw = path.read_bytes()
+    enc = json.detect_encoding(raw)
+    try: return raw.decode(enc, 'surrogateescape' if enc.startswith('utf-8') else 'strict')
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count('\n'.encode(enc)) + 1
+        raise RecordError(f'not {enc} text: {e.reason} at byte offset {e.start} (line {line}); save the file as UTF-8', where=str(path)) from None
+
+def _parse(s:str, one_line:bool=False):
+    "(value, None) of the JSON text `s`, or (None, what is wrong with it)."
+    try: return json.loads(s), None
+    except json.JSONDecodeError as e: return None, f"malformed JSON: {e.msg} ({'' if one_line else f'line {e.lineno}, '}column {e.colno})"
+    except RecursionError: return None, 'JSON nested too deeply to read'
+
 def _json_records(path:Path, is_record=_detectable)->Iterator[tuple[str, Any]]:
     "(place, record) of a JSON file: one JSON document (an array, or an object), else JSON Lines, whose malformed lines come as `RecordError`s."
-    text = path.read_text(encoding='utf-8')
-    try: data = json.loads(text)
-    except json.JSONDecodeError as e: err = e
-    else:
+    text = _decode(path)
+    data, err = _parse(text)
+    if err is None:
         if isinstance(data, list): yield from ((f'{path} record {i}', r) for i, r in enumerate(data)); return
+        if isinstance(data, dict) and path.suffix == '.jsonl' and '\n' not in text.strip():  # JSON Lines of one line
+            yield f"{path} line {text[:len(text) - len(text.lstrip())].count(chr(10)) + 1}", data; return
         if isinstance(data, dict): yield from _object_records(path, data, is_record); return
         raise RecordError(f'the file is one JSON {type(data).__name__}, not records: expected an array, an object or JSON Lines', where=str(path))
-    lines = [(n, l) for n, l in enumerate(text.splitlines(), 1) if l.strip()]
-    objs = sum(isinstance(_loads(l), dict) for _, l in lines)
-    if not (lines and (isinstance(_loads(lines[0][1]), dict) or objs >= len(lines) / 2)):
-        raise RecordError(f'malformed JSON: {err.msg} (line {err.lineno}, column {err.colno}); no record can be read', where=str(path))
-    for n, line in lines:
-        try: yield f'{path} line {n}', json.loads(line)
-        except json.JSONDecodeError as e: yield f'{path} line {n}', RecordError(f'malformed JSON: {e.msg} (column {e.colno})')
-
-def _loads(s):
-    try: return json.loads(s)
-    except json.JSONDecodeError: return None
+    lines = [(n, *_parse(l, True)) for n, l in enumerate(text.split('\n'), 1) if l.strip()]
+    objs = sum(isinstance(v, dict) for _, v, _ in lines)
+    if not (lines and (isinstance(lines[0][1], dict) or objs >= len(lines) / 2)):
+        raise RecordError(f'{err}; no record can be read', where=str(path))
+    for n, v, e in lines: yield f'{path} line {n}', (v if e is None else RecordError(e))
 
 def _all_dicts(v): return isinstance(v, list) and bool(v) and all(isinstance(o, dict) for o in v)
 
@@ -326,25 +353,83 @@ def _object_records(path:Path, obj:dict, is_record)->Iterator[tuple[str, Any]]:
         yield from ((f'{path} row {i} (an object of columns)', dict(zip(obj, r))) for i, r in enumerate(zip(*cols))); return
     if is_record(obj): yield f'{path} (one object: one record)', obj; return
     keys = [k for k, v in obj.items() if _all_dicts(v)]
-    if len(keys) != 1: raise RecordError(f'one JSON object that is neither a record, nor columns (lists of one length), nor a list of records under one key; its keys: {sorted(obj)[:8]}', where=str(path))
+    if len(keys) != 1: raise RecordError(f'one JSON object that is neither a record, nor columns (lists of one length), nor a list of records under one key; its keys: {_short(sorted(obj)[:8])}', where=str(path))
     yield from ((f'{path} {keys[0]}[{i}]', r) for i, r in enumerate(obj[keys[0]]))
 
-def _csv_records(path:Path, is_record=None):
-    with open(path, newline='', encoding='utf-8') as f:
-        rd = csv.DictReader(f)
-        for row in rd: yield f'{path} line {rd.line_num}', row
+def _csv_row(rd):
+    "The next row of the csv reader `rd`, with no limit on a field's size (a long text is data, not an attack on memory: the file is in memory already)."
+    old = csv.field_size_limit(sys.maxsize)
+    try: return next(rd)
+    finally: csv.field_size_limit(old)
 
-def _parquet_records(path:Path, is_record=None):
-    import pyarrow.parquet as pq
-    yield from ((f'{path} row {i}', r) for i, r in enumerate(pq.read_table(path).to_pylist()))
+def _cut_in_quotes(text:str, line:int)->bool:
+    "Whether the CSV `text` ends inside a quoted field opened in the row that starts at `line` (a truncated file: `csv` reads it as a row)."
+    tail = ''.join(io.StringIO(text, newline='').readlines()[line - 1:])
+    rd = csv.reader(io.StringIO(tail, newline=''), strict=True)
+    try:
+        while True: _csv_row(rd)
+    except StopIteration: return False
+    except csv.Error as e: return 'unexpected end of data' in str(e)
+
+def _csv_rows(text:str)->Iterator[tuple[int, Any]]:
+    "(line where it starts, fields or a `RecordError`) of each row of the CSV `text`; a last row cut off inside quotes is an error, not a row."
+    rd, start, held = csv.reader(io.StringIO(text, newline='')), 1, None
+    while True:
+        try: row = _csv_row(rd)
+        except StopIteration: break
+        except csv.Error as e: row = RecordError(f'malformed CSV: {e}')
+        if held: yield held
+        held, start = (start, row), rd.line_num + 1
+    if held and not isinstance(held[1], RecordError) and _cut_in_quotes(text, held[0]):
+        held = (held[0], RecordError('the file ends inside this quoted field: it looks truncated'))
+    if held: yield held
+
+def _csv_records(path:Path, is_record=None)->Iterator[tuple[str, Any]]:
+    "(place, row) of a CSV file with a header, each row placed at the line where it starts; a row that cannot be parsed, or has more fields than the header, comes as a `RecordError`."
+    header = None
+    for start, row in _csv_rows(_decode(path)):
+        place = f'{path} line {start}'
+        if isinstance(row, RecordError): yield place, row
+        elif not row: continue
+        elif header is None:
+            header = row
+            if dup := sorted(c for c, n in Counter(row).items() if n > 1): raise RecordError(f'the header names {_short(dup)} more than once', where=place)
+        elif len(row) > len(header): yield place, RecordError(f'{len(row)} fields, but the header names {len(header)}: quote fields that hold commas')
+        else: yield place, dict(zip(header, row + [None] * (len(header) - len(row))))
+
+def _parquet_records(path:Path, is_record=None)->Iterator[tuple[str, Any]]:
+    "(place, row) of a Parquet file; a file Arrow cannot read is a `RecordError` naming it."
+    import pyarrow as pa, pyarrow.parquet as pq
+    try: rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e: raise RecordError(f'not a readable Parquet file: {_short(str(e))}', where=str(path)) from None
+    yield from ((f'{path} row {i}', r) for i, r in enumerate(rows))
 
 def _file_records(path:Path, is_record=_detectable):
     readers = {'.json': _json_records, '.jsonl': _json_records, '.csv': _csv_records, '.parquet': _parquet_records}
     if path.suffix not in readers: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_EXTS)}")
     return readers[path.suffix](path, is_record)
 
+
 # %% ../nbs/01_data.ipynb #70ea0d9f
-def _iter_sources(source, split:str='train', is_record=_detectable, **kw)->Iterator[tuple[str, Iterator]]:
+def _inside(root:Path, p:Path)->bool: return p.resolve().is_relative_to(root.resolve())
+
+def _folder_files(path:Path)->list[Path]:
+    "The data files in the folder `path` and below, leaving out (with a warning) those that are links to somewhere outside it."
+    files = sorted(p for p in path.rglob('*') if p.suffix in _EXTS and p.is_file())
+    if out := [p for p in files if not _inside(path, p)]:
+        warnings.warn(f"{path}: not reading {len(out)} file(s) that link outside the folder ({', '.join(f'{p} -> {p.resolve()}' for p in out[:3])}): pass such a file itself to read it")
+    return [p for p in files if _inside(path, p)]
+
+def _entry_file(folder:Path, columns)->Path|None:
+    "The file a LLaMA-Factory `dataset_info.json` entry names (`file_name`), inside `folder`; None when `columns` names none."
+    name = columns.get('file_name') if isinstance(columns, dict) else None
+    if name is None: return None
+    p = folder/str(name)
+    if Path(str(name)).is_absolute() or not _inside(folder, p):
+        raise ValueError(f"the dataset entry's file_name {str(name)!r} leads outside {folder} (to {p.resolve()}): dataset_info.json may only name files in its own folder; pass that file itself to read it")
+    return p
+
+def _iter_sources(source, split:str='train', is_record=_detectable, columns=None, **kw)->Iterator[tuple[str, Iterator]]:
     "(source name, iterator of (place, record)) for each file or in-memory collection in `source`."
     if isinstance(source, datasets.DatasetDict):
         if split not in source: raise ValueError(f'split {split!r} not in the DatasetDict; it has {list(source)}')
@@ -353,13 +438,15 @@ def _iter_sources(source, split:str='train', is_record=_detectable, **kw)->Itera
         yield 'records', ((f'record {i}', r) for i, r in enumerate(source)); return
     if not isinstance(source, (str, Path)): raise TypeError(f'cannot read records from a {type(source).__name__}')
     path = Path(source).expanduser()
+    if path.is_dir() and (entry := _entry_file(path, columns)): path = entry
     if path.is_dir():
-        files = sorted(p for p in path.rglob('*') if p.suffix in _EXTS and p.is_file())
+        files = _folder_files(path)
         if not files: raise FileNotFoundError(f'{path}: no {"/".join(sorted(_EXTS))} files in this folder')
         for p in files: yield str(p), _file_records(p, is_record)
     elif path.is_file(): yield str(path), _file_records(path, is_record)
-    elif path.suffix in _EXTS or os.sep in str(source): raise FileNotFoundError(f'{source}: no such file or folder')
+    elif path.suffix in _EXTS or os.sep in str(source): raise FileNotFoundError(f'{path}: no such file or folder')
     else: yield source, ((f'{source} record {i}', r) for i, r in enumerate(datasets.load_dataset(str(source), split=split, **kw)))
+
 
 # %% ../nbs/01_data.ipynb #1f79cd34
 def _stored(msgs:list[dict])->list[dict]:
@@ -374,6 +461,33 @@ def _prep(columns=None, sft_on=None):
         return preference_to_sft(r, sft_on) if sft_on else r
     return prep, cmap
 
+def _detect(r:dict)->str:
+    "`detect_format`, as a `RecordError` of the record when its fields name no format."
+    try: return detect_format(r)
+    except ValueError as e: raise RecordError(str(e)) from None
+
+def _dataset(rows:list[dict])->datasets.Dataset:
+    "`Dataset.from_list(rows)`; an extra column Arrow cannot hold as one type (an id that is a number here and text there) is kept as JSON text, with a warning."
+    import pyarrow as pa
+    fails = (pa.ArrowException, TypeError, ValueError, OverflowError, RecursionError)
+    try: return datasets.Dataset.from_list(rows)
+    except fails: pass
+    def ok(c):
+        if c != _column_name(c): return False
+        try: datasets.Dataset.from_dict({c: [r.get(c) for r in rows]}); return True
+        except fails: return False
+    cols = [c for c in rows[0] if c not in ('messages', 'source_format', 'tools') and not ok(c)]
+    warnings.warn(f'columns {_short(cols)} hold values of different types, or have names Arrow cannot hold: kept as JSON text, under printable names')
+    return datasets.Dataset.from_list([{k: v for k, v in r.items() if k not in cols} | {_column_name(c): _json_text(r.get(c)) for c in cols} for r in rows])
+
+def _column_name(c)->str:
+    "`c` as a column name Arrow holds: text, its unprintable characters (NUL, bytes that were not UTF-8) escaped."
+    return ''.join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(c))
+
+def _json_text(v)->str:
+    try: return json.dumps(v, default=str)
+    except (ValueError, RecursionError): return _short(v)
+
 def _read(source, format=None, errors='raise', split='train', columns=None, sft_on=None, **kw):
     "Good rows, their places, and the bad records (each a located `RecordError`)."
     if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
@@ -384,20 +498,25 @@ def _read(source, format=None, errors='raise', split='train', columns=None, sft_
         except RecordError: return False
     drop = {'tools', 'functions', 'messages', cmap.rename.get('tools') if cmap else None}
     rows, places, bad = [], [], []
-    for name, recs in _iter_sources(source, split, is_record, **kw):
+    for name, recs in _iter_sources(source, split, is_record, columns, **kw):
         fmt = format or (cmap.format if cmap and not sft_on else None)
-        for place, rec in recs:
-            try:
-                if isinstance(rec, RecordError): raise rec
-                r = prep(rec) if isinstance(rec, dict) else rec
-                if fmt is None and isinstance(r, dict): fmt = detect_format(r)
-                msgs, tools = to_messages(r, fmt), to_tools(r) if isinstance(r, dict) else []
-            except RecordError as e:
-                e.where = place
-                if errors == 'raise': raise
-                bad.append(e); continue
-            row = {k: v for k, v in rec.items() if k not in drop}
-            rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
+        try:
+            for place, rec in recs:
+                try:
+                    if isinstance(rec, RecordError): raise rec
+                    r = prep(rec) if isinstance(rec, dict) else rec
+                    if fmt is None and isinstance(r, dict): fmt = _detect(r)
+                    msgs, tools = to_messages(r, fmt), to_tools(r) if isinstance(r, dict) else []
+                except RecordError as e:
+                    e.where = place
+                    if errors == 'raise': raise
+                    bad.append(e); continue
+                row = {k: v for k, v in rec.items() if k not in drop}
+                rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
+        except RecordError as e:  # the file as a whole: unreadable, or not records
+            e.where = e.where or name
+            if errors == 'raise': raise
+            bad.append(e)
     if not rows: raise ValueError(f'{source}: no usable records' + (f' ({len(bad)} bad; first: {bad[0]})' if bad else ''))
     return rows, places, bad
 
@@ -411,7 +530,7 @@ def load_records(source,              # file, folder, `Dataset`/`DatasetDict`, l
                  **kw):               # passed to `datasets.load_dataset` for hub names
     "A `Dataset` with the canonical `messages` (and `tools`) beside the original columns; with `errors='skip'`, `(dataset, bad_records)`."
     rows, _, bad = _read(source, format, errors, split, columns, sft_on, **kw)
-    ds = datasets.Dataset.from_list(rows)
+    ds = _dataset(rows)
     return (ds, bad) if errors == 'skip' else ds
 
 # %% ../nbs/01_data.ipynb #0af25c0a
@@ -866,13 +985,38 @@ def _tokenize_row(row, tok, template, train_on, max_length, truncation):
     return {**out, **ex, 'n_trained': sum(l != -100 for l in ex['labels'])}
 
 # %% ../nbs/01_data.ipynb #6f22c7af
+_STALE = 3600  # seconds after which a temporary file in a cache folder is a killed run's leftover, not a live write
+
 def _cache_file(cache_dir, *parts)->str:
-    "A cache file name for `map`, keyed on everything that decides its output."
+    "A cache file name for `map`, keyed on everything that decides its output, in a folder of its own (where `map` also writes its temporary file)."
     from datasets.fingerprint import Hasher
     from ft_nb import __version__
-    d = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE)/'ft_nb')
+    d = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE)/'ft_nb')/f'tokenized-{Hasher.hash([__version__, *parts])}'
     d.mkdir(parents=True, exist_ok=True)
-    return str(d/f'tokenized-{Hasher.hash([__version__, *parts])}.arrow')
+    return str(d/'tokenized.arrow')
+
+def _clear_cache(cache:str, stale_only:bool=False):
+    "Delete the files of the cache folder of `cache` (only temporary files older than `_STALE` seconds, when `stale_only`)."
+    for p in Path(cache).parent.iterdir():
+        if not p.is_file(): continue
+        if stale_only and (p.name.startswith('tokenized') or time.time() - p.stat().st_mtime < _STALE): continue
+        p.unlink(missing_ok=True)
+
+def _map_cached(raw:datasets.Dataset, cache:str, **kw)->datasets.Dataset:
+    "`raw.map(_tokenize_row)` cached in `cache`; a cache file that cannot be read, or holds another number of rows, is deleted and rebuilt rather than served."
+    import pyarrow as pa
+    _clear_cache(cache, stale_only=True)
+    run = lambda: raw.map(_tokenize_row, remove_columns=raw.column_names, cache_file_name=cache, load_from_cache_file=True, desc='Tokenizing', **kw)
+    if not any(Path(cache).parent.glob('tokenized*.arrow')): return run()
+    try:
+        ds = run()
+        if len(ds) == len(raw) and {'input_ids', 'labels', 'status'} <= set(ds.column_names): return ds
+        why = f'{len(ds)} rows for {len(raw)}'
+    except (pa.ArrowException, OSError, ValueError) as e: why = _short(str(e))
+    warnings.warn(f'the cache {cache} was incomplete or unreadable ({why}): rebuilding it')
+    _clear_cache(cache)
+    return run()
+
 
 # %% ../nbs/01_data.ipynb #045d4fe1
 def prepare_dataset(source,                 # anything `load_records` reads
@@ -898,11 +1042,10 @@ def prepare_dataset(source,                 # anything `load_records` reads
     defs, calls = (next((i for i, r in enumerate(rows) if f(r)), None) for f in (lambda r: r.get('tools'), lambda r: any(m.get('tool_calls') for m in r['messages'])))
     if defs is not None or calls is not None:
         _check_tools(tokenizer, chat_template(tokenizer, template), defs is not None, calls is not None, f'{places[defs if defs is not None else calls]}: ')
-    raw = datasets.Dataset.from_list(rows)
+    raw = _dataset(rows)
     args = dict(tok=tokenizer, template=template, train_on=train_on, max_length=max_length, truncation=truncation)
     cache = _cache_file(cache_dir, rows, args, columns, sft_on)
-    ds = raw.map(_tokenize_row, fn_kwargs=args, remove_columns=raw.column_names, num_proc=num_proc,
-                 cache_file_name=cache, load_from_cache_file=True, desc='Tokenizing')
+    ds = _map_cached(raw, cache, fn_kwargs=args, num_proc=num_proc)
     status = ds['status']
     if errors == 'raise':
         if (i := next((i for i, s in enumerate(status) if s.startswith('template')), None)) is not None:

@@ -2,15 +2,16 @@
 
 # %% ../nbs/02_models.ipynb #3be2a553
 from __future__ import annotations
-import logging
+import json, logging, pickle
 from pathlib import Path
 import torch
 from torch import nn
 from .data import fix_tokenizer, stop_token_ids
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAINING_BASE', 'compute_dtype', 'bnb_config', 'model_config', 'resize_embeddings', 'configure_generation',
-           'process_device_map', 'load_model', 'is_quantized', 'linear_layers', 'training_base']
+__all__ = ['METHODS', 'TRAINING_BASE', 'compute_dtype', 'bnb_config', 'check_model_folder', 'check_tokenizer_folder',
+           'model_config', 'resize_embeddings', 'configure_generation', 'process_device_map', 'load_model',
+           'is_quantized', 'linear_layers', 'training_base']
 
 # %% ../nbs/02_models.ipynb #2b37fbfb
 _DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16,
@@ -46,6 +47,58 @@ class _HubKernelNotice(logging.Filter):
 
 logging.getLogger('bitsandbytes.backends.cpu.ops').addFilter(_HubKernelNotice())
 
+# %% ../nbs/02_models.ipynb #0d529c8a
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model', 'vocab.json', 'vocab.txt', 'spiece.model', 'sentencepiece.bpe.model', 'tiktoken.model')
+_WEIGHTS = ('model.safetensors', 'pytorch_model.bin', 'model.safetensors.index.json', 'pytorch_model.bin.index.json')
+
+def _json_file(p:Path):
+    "The JSON in `p`, or a ValueError naming the file when it does not parse (a truncated download, most often)."
+    try: return json.loads(p.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f'{p} is not valid JSON ({str(e).splitlines()[0][:120]}): the file is truncated or corrupt; download or save it again') from None
+
+def _check_safetensors(p:Path):
+    "A ValueError naming `p` when it is shorter than its header says (a truncated file) or its header is not one."
+    size = p.stat().st_size
+    with open(p, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little')
+        if size < 8 or n > size - 8: raise ValueError(f'{p} is truncated or not a safetensors file ({size:,} bytes; its header alone claims {n:,}): download or save it again')
+        try: header = json.loads(f.read(n))
+        except (ValueError, RecursionError): raise ValueError(f'{p}: its safetensors header is not valid JSON: the file is corrupt; download or save it again') from None
+    ends = [v['data_offsets'][1] for k, v in header.items() if k != '__metadata__' and isinstance(v, dict) and len(v.get('data_offsets') or ()) == 2] if isinstance(header, dict) else []
+    need = 8 + n + max(ends, default=0)
+    if size < need: raise ValueError(f'{p} is truncated: {size:,} bytes, but its header places tensors up to byte {need:,}; download or save it again')
+
+def check_model_folder(folder)->Path:
+    "`folder` as a Path when it holds a loadable checkpoint: config.json and every weight file its index names, complete; else an error naming the file and what is wrong."
+    p = Path(folder)
+    _json_file(p/'config.json')
+    if not any((p/w).exists() for w in _WEIGHTS):
+        raise FileNotFoundError(f'{p} has config.json but no weights ({", ".join(_WEIGHTS)}): the download or save is incomplete')
+    shards = []
+    for idx in (p/'model.safetensors.index.json', p/'pytorch_model.bin.index.json'):
+        if not idx.exists(): continue
+        names = sorted(set((_json_file(idx).get('weight_map') or {}).values()))
+        if bad := [s for s in names if Path(s).is_absolute() or '..' in Path(s).parts]: raise ValueError(f'{idx} names shards outside its folder: {bad[:3]}')
+        if missing := [s for s in names if not (p/s).is_file()]:
+            raise FileNotFoundError(f'{idx} names {len(missing)} shard(s) that are not in {p}: {", ".join(missing[:3])}; the download is incomplete: download them again')
+        shards += [p/s for s in names]
+    for f in [*shards, p/'model.safetensors']:
+        if f.suffix == '.safetensors' and f.is_file(): _check_safetensors(f)
+    return p
+
+def check_tokenizer_folder(folder)->Path:
+    "`folder` as a Path when it holds a tokenizer whose JSON files parse; else an error naming the file and what is wrong."
+    p = Path(folder)
+    if not any((p/f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f'{p} has no tokenizer: expected tokenizer.json (or vocab.json and merges.txt, or tokenizer.model); copy the tokenizer files from the model it was trained with, or pass tokenizer=')
+    for f in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.json'):
+        if (p/f).is_file(): _json_file(p/f)
+    if (p/'vocab.json').is_file() and not (p/'tokenizer.json').is_file() and not (p/'merges.txt').is_file():
+        raise FileNotFoundError(f'{p} has vocab.json but neither merges.txt nor tokenizer.json: a BPE tokenizer needs both halves')
+    return p
+
+
 # %% ../nbs/02_models.ipynb #801c38e2
 def model_config(name_or_path, trust_remote_code:bool=False):
     "The model's config, from a local folder or the hub (config only, no weights), with errors that say which went wrong."
@@ -55,7 +108,12 @@ def model_config(name_or_path, trust_remote_code:bool=False):
     if p.is_dir() and not (p/'config.json').exists():
         raise FileNotFoundError(f'{p} has no config.json, so it is not a model folder: point at the folder that '
                                 'save_pretrained wrote (config.json and the weights), or pass a hub name')
+    if p.is_dir(): _json_file(p/'config.json')
     try: return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if 'trust_remote_code' not in str(e): raise
+        raise ValueError(f'{name_or_path!r} needs code from its own repository to load (its config has an auto_map). ft_nb does not run '
+                         'that code unless you pass trust_remote_code=True (--trust-remote-code): do so only for a model whose code you have read') from None
     except OSError as e:
         raise OSError(f'{name_or_path!r} is not a local folder and could not be found on the Hugging Face hub: check the name, '
                       f'the network, and HF_TOKEN for gated models. ({str(e).splitlines()[0]})') from None
@@ -99,18 +157,35 @@ def load_model(name_or_path,                  # hub name or local folder
     "Load a causal LM (4-bit NF4 by default) and its fixed-up tokenizer, ready for `apply_method`."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model_config(name_or_path, trust_remote_code)
+    if Path(name_or_path).expanduser().is_dir(): check_model_folder(Path(name_or_path).expanduser())
     dt = compute_dtype(dtype)
-    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else \
-          AutoTokenizer.from_pretrained(tokenizer or name_or_path, trust_remote_code=trust_remote_code)
+    tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else _load_tokenizer(tokenizer or name_or_path, trust_remote_code)
     n_before = len(tok)
     if fix_tok: fix_tokenizer(tok, template)
     q = {'quantization_config': bnb_config(quant, dt)} if quant else {}   # none given: a checkpoint saved in 4-bit loads as saved
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **q, dtype=dt, device_map=process_device_map(device_map),
-                                                 attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kw)
+    try: model = AutoModelForCausalLM.from_pretrained(name_or_path, **q, dtype=dt, device_map=process_device_map(device_map),
+                                                      attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kw)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        bins = sorted(Path(name_or_path).expanduser().glob('pytorch_model*.bin'))
+        if not bins or isinstance(e, RuntimeError) and 'PytorchStreamReader' not in str(e): raise
+        raise ValueError(f'{bins[0].parent}: {", ".join(b.name for b in bins[:3])} cannot be read as weights ({str(e).strip().splitlines()[0][:160]}): '
+                         'the file is truncated or corrupt, or its pickle holds more than tensors (code ft_nb does not run); use a safetensors checkpoint') from None
     resize_embeddings(model, tok)
     model.ft_nb_new_token_ids = list(range(n_before, len(tok)))   # untrained rows, whether the matrix grew or had spare rows (Qwen's has)
     if fix_tok: configure_generation(model, tok)
     return model, tok
+
+def _load_tokenizer(name_or_path, trust_remote_code:bool=False):
+    "`AutoTokenizer.from_pretrained`; a local folder checked first, and what still fails in it reported with the folder, not as a traceback from tokenizers."
+    from transformers import AutoTokenizer
+    p = Path(name_or_path).expanduser()
+    if not p.is_dir(): return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    check_tokenizer_folder(p)
+    try: return AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        if 'trust_remote_code' in str(e): raise
+        raise ValueError(f'{p}: the tokenizer cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}); its files may be corrupt: copy them again') from None
+
 
 # %% ../nbs/02_models.ipynb #921a4f53
 def is_quantized(model)->bool:

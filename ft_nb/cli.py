@@ -2,7 +2,7 @@
 
 # %% ../nbs/10_cli.ipynb #de9cb8ee
 from __future__ import annotations
-import argparse, json, sys
+import argparse, difflib, enum, json, sys, types, typing
 from pathlib import Path
 
 # %% auto #0
@@ -97,7 +97,13 @@ RUN_KEYS = {'model': 'hub name or local folder', 'data': 'training data (any for
             'method': "'qlora', 'lora', 'full', 'prefix', 'prompt'", 'lora': 'preset name or LoRA fields (r, alpha, targets, ...)',
             'output_dir': 'where checkpoints, the adapter and metrics go', 'max_length': 'longest example in tokens',
             'progress': "'auto', 'console', 'none'", 'sample_prompts': 'prompts to answer at the end', 'max_new_tokens': 'for the answers',
-            'fused_loss': "TRL's fused LM-head loss: 'auto' (on GPUs), true or false"}
+            'fused_loss': "TRL's fused LM-head loss: 'auto' (on GPUs), true or false",
+            'early_stopping_patience': 'stop after this many evaluations without a better eval loss (needs eval_data)',
+            'resume_from_checkpoint': 'true (the newest whole checkpoint in output_dir) or a checkpoint folder'}
+_NONE = type(None)
+_RUN_TYPES = {'model': (str,), 'data': (str, list), 'eval_data': (str, list), 'template': (str,), 'quant': (str,), 'dtype': (str,), 'method': (str,),
+              'lora': (str, dict), 'output_dir': (str,), 'max_length': (int,), 'progress': (str,), 'sample_prompts': (list,), 'max_new_tokens': (int,),
+              'fused_loss': (bool, str), 'early_stopping_patience': (int,), 'resume_from_checkpoint': (bool, str)}
 
 def _valid_keys()->set:
     from trl import SFTConfig
@@ -145,12 +151,51 @@ def load_run_config(path, overrides:dict=None)->dict:
     try: cfg = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e: raise ValueError(f'{path}: not valid YAML ({str(e).splitlines()[0]})') from None
     if not isinstance(cfg, dict): raise ValueError(f'{path}: expected a mapping of settings, got {type(cfg).__name__}')
-    cfg = {**{k: _number(v) for k, v in cfg.items()}, **(overrides or {})}
-    if bad := sorted(set(cfg) - _valid_keys()):
-        raise ValueError(f"unknown key(s) {', '.join(bad)} in {path}. Valid keys: {', '.join(sorted(RUN_KEYS))}, and any trl.SFTConfig field "
+    cfg = {**{str(k): _number(v) for k, v in cfg.items()}, **(overrides or {})}
+    valid = _valid_keys()
+    if bad := sorted(set(cfg) - valid):
+        near = lambda b: f' (did you mean {m[0]}?)' if (m := difflib.get_close_matches(b, valid, n=1)) else ''
+        raise ValueError(f"unknown key(s) in {path}: {', '.join(b + near(b) for b in bad)}. Valid keys: {', '.join(sorted(RUN_KEYS))}, and any trl.SFTConfig field "
                          "(num_train_epochs, learning_rate, max_steps, per_device_train_batch_size, ...)")
     if missing := [k for k in ('model', 'data') if k not in cfg]: raise ValueError(f"{path}: missing {' and '.join(missing)}")
+    cfg = {k: _checked(k, v, path) for k, v in cfg.items()}
+    _check_data(cfg, path)
     return cfg
+
+# %% ../nbs/10_cli.ipynb #2a8274a6
+def _types(key)->tuple:
+    "The types `key` takes: ours for RUN_KEYS, else its `SFTConfig` field's annotation, unions spelled out."
+    if key in _RUN_TYPES: return _RUN_TYPES[key]
+    from trl import SFTConfig
+    t = SFTConfig.__dataclass_fields__[key].type
+    members = typing.get_args(t) if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union else (t,)
+    return tuple(typing.get_origin(m) or m for m in members)
+
+def _kind(t)->str: return {int: 'a whole number', float: 'a number', bool: 'true or false', str: 'text', list: 'a list', dict: 'a mapping'}.get(t, getattr(t, '__name__', str(t)))
+
+def _checked(key, v, where):
+    "`v` as the type `key` takes, or a one-line error. YAML 1.1 reads `no` as false: for a text setting (save_strategy: no) it is 'no', as meant."
+    ok = _types(key)
+    if v is None or not all(isinstance(t, type) for t in ok): return v
+    enums = [t for t in ok if issubclass(t, enum.Enum)]
+    if isinstance(v, bool) and bool not in ok and (str in ok or enums): v = 'no' if v is False else 'yes'
+    if enums and isinstance(v, str) and v not in (vals := [e.value for e in enums[0]]):
+        raise ValueError(f"{where}: {key} is {v!r}, not one of {', '.join(map(str, vals))}")
+    if isinstance(v, bool) and bool not in ok: pass
+    elif isinstance(v, int) and float in ok: return float(v) if int not in ok else v
+    elif isinstance(v, float) and int in ok and float not in ok and v.is_integer(): return int(v)
+    if isinstance(v, tuple(ok)) and not (isinstance(v, bool) and bool not in ok): return v
+    raise ValueError(f"{where}: {key} must be {' or '.join(dict.fromkeys(_kind(t) for t in ok if t is not _NONE))}, not {v!r}")
+
+_DATA_SUFFIXES = ('.json', '.jsonl', '.csv', '.parquet', '.arrow', '.txt', '.tsv')
+
+def _check_data(cfg, where):
+    "A `data:`/`eval_data:` that names a local file which is not there is an error here, before the model is loaded (a hub name passes)."
+    for k in ('data', 'eval_data'):
+        for s in (cfg.get(k) if isinstance(cfg.get(k), list) else [cfg.get(k)]):
+            if not isinstance(s, str) or Path(s).expanduser().exists(): continue
+            if Path(s).suffix.lower() in _DATA_SUFFIXES or s.startswith(('.', '/', '~')):
+                raise FileNotFoundError(f'{where}: {k}: {s} does not exist' + ('' if Path(s).is_absolute() else f' (relative paths are read from {Path.cwd()})'))
 
 # %% ../nbs/10_cli.ipynb #e9b8e733
 def run_training(cfg:dict):
@@ -167,7 +212,8 @@ def run_training(cfg:dict):
 def _train(a, extra)->int:
     res = run_training(load_run_config(a.config, _parse_overrides(extra)))
     print(json.dumps({k: v for k, v in res.metrics().items() if k != 'samples'}, indent=2))
-    return 0 if not res.stopped else 1
+    if res.stopped: print(f'ft_nb train: {res.stopped}', file=sys.stderr)
+    return 0 if not res.stopped or res.best_step is not None else 1   # early stopping is a finished run
 
 # %% ../nbs/10_cli.ipynb #55f69e78
 def _train_parser(sub):
@@ -194,6 +240,9 @@ def main(argv:list[str]=None)->int:
     if a.cmd is None: p.print_help(); return 2
     if extra and not getattr(a, 'takes_extra', False): p.error(f"unrecognized arguments: {' '.join(extra)}")
     try: return a.func(a, extra) if getattr(a, 'takes_extra', False) else a.func(a)
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError, MemoryError, ImportError) as e:   # what ft_nb raises, each with its reason: no traceback
         print(f'ft_nb {a.cmd}: {e}', file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # outside training (which stops at a step boundary itself)
+        print(f'ft_nb {a.cmd}: interrupted', file=sys.stderr)
+        return 130

@@ -33,7 +33,7 @@ def bnb_config(quant:str|None, dtype=torch.bfloat16):
     if quant not in ('4bit', '8bit'): raise ValueError(f"quant must be '4bit', '8bit' or None, not {quant!r}")
     try: import bitsandbytes  # noqa: F401
     except Exception as e:
-        raise RuntimeError(f"quant={quant!r} needs bitsandbytes, which cannot be imported here ({type(e).__name__}: {e}). "
+        raise ImportError(f"quant={quant!r} needs bitsandbytes, which cannot be imported here ({type(e).__name__}: {e}). "
                            "Install it with `pip install -U bitsandbytes` (it runs on CUDA GPUs and on x86-64 CPUs), "
                            "or load the model unquantized with quant=None.") from None
     from transformers import BitsAndBytesConfig

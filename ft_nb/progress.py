@@ -2,13 +2,14 @@
 
 # %% ../nbs/06_progress.ipynb #7b0b43f6
 from __future__ import annotations
-import sys, warnings
+import os, shutil, sys, warnings
 from pathlib import Path
 import ft_nb.models   # first: it filters a bitsandbytes notice that importing transformers' Trainer prints on some CPUs
 from transformers import TrainerCallback
 
 # %% auto #0
-__all__ = ['plot_history', 'Reporter', 'ConsoleReporter', 'figure_png', 'NotebookReporter', 'in_notebook', 'reporter_for']
+__all__ = ['plot_history', 'write_atomic', 'Reporter', 'ConsoleReporter', 'figure_png', 'NotebookReporter', 'in_notebook',
+           'reporter_for']
 
 # %% ../nbs/06_progress.ipynb #1edb42b3
 def plot_history(history:list[dict], ax=None):
@@ -34,6 +35,19 @@ def plot_history(history:list[dict], ax=None):
     ax.figure.tight_layout()
     return ax
 
+# %% ../nbs/06_progress.ipynb #7df95bfa
+def write_atomic(path,   # the file to write
+                 data,   # its contents: str or bytes
+                ):
+    "Write `path` whole or not at all: into a temporary file beside it, then renamed over it."
+    p = Path(path)
+    tmp = p.with_name(f'.{p.name}.ft_nb-{os.getpid()}')
+    try:
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+        os.replace(tmp, p)
+    finally: tmp.unlink(missing_ok=True)
+    return p
+
 # %% ../nbs/06_progress.ipynb #5fb7e800
 class Reporter(TrainerCallback):
     "Records every log of a `Trainer` run; subclasses draw. Saves `loss.png` at the end. Only the main process draws and saves."
@@ -53,13 +67,20 @@ class Reporter(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if not self.main: return
         self.finish()
-        if self.output_dir and self.history: self.save_plot(Path(self.output_dir)/'loss.png')
+        if not (self.output_dir and self.history): return
+        path = Path(self.output_dir)/'loss.png'
+        try: self.save_plot(path)
+        except OSError as e:   # a plot is not worth the run: the adapter is saved after this
+            free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0
+            warnings.warn(f'{path} not written ({e}; {free:.1f} MB free there): the run goes on. Reporter.save_plot(path) writes it again')
     def save_plot(self, path):
-        "Write the loss/learning-rate plot to `path` (PNG)."
+        "Write the loss/learning-rate plot to `path` (PNG), whole or not at all."
+        import io
         ax = plot_history(self.history)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        ax.figure.savefig(path, dpi=100)
-        return path
+        buf = io.BytesIO()
+        ax.figure.savefig(buf, format='png', dpi=100)
+        return write_atomic(path, buf.getvalue())
     def metrics_row(self, row:dict)->str:
         keys = [k for k in ('loss', 'eval_loss', 'learning_rate', 'grad_norm', 'epoch') if k in row]
         return '  '.join(f'{k} {row[k]:.4g}' for k in keys)
@@ -67,6 +88,7 @@ class Reporter(TrainerCallback):
     def update(self): pass
     def log(self, row:dict): pass
     def finish(self): pass
+    def stopped(self, why:str): pass   # the run ended before its last step: why, and how to go on
 
 # %% ../nbs/06_progress.ipynb #60c0f6da
 class ConsoleReporter(Reporter):
@@ -79,6 +101,7 @@ class ConsoleReporter(Reporter):
         line = f"step {row['step']:>5}  {self.metrics_row(row)}"
         self.bar.write(line, file=sys.stderr) if hasattr(self, 'bar') else print(line, file=sys.stderr)   # with the bar, on stderr
     def finish(self): self.bar.close()
+    def stopped(self, why): print(why, file=sys.stderr)
 
 # %% ../nbs/06_progress.ipynb #c7559355
 def figure_png(fig):
@@ -97,10 +120,10 @@ class NotebookReporter(Reporter):
         from IPython.display import display
         from matplotlib.figure import Figure
         self.bar = w.IntProgress(min=0, max=max(self.total, 1), description='training', layout=w.Layout(width='60%'))
-        self.label, self.table, self.out = w.HTML(), w.HTML(), w.Output()
+        self.label, self.note, self.table, self.out = w.HTML(), w.HTML(), w.HTML(), w.Output()
         self.fig = Figure(figsize=(7, 3.2))
         self.ax = self.fig.subplots()
-        self.panel = w.VBox([w.HBox([self.bar, self.label]), self.table, self.out])
+        self.panel = w.VBox([w.HBox([self.bar, self.label]), self.note, self.table, self.out])
         display(self.panel)
     def update(self):
         self.bar.value = self.step
@@ -122,10 +145,15 @@ class NotebookReporter(Reporter):
     def finish(self):
         "Mark the bar done, and leave the final plot as a static figure (it stays when the notebook is saved)."
         from IPython.display import display
-        self.bar.bar_style = 'success'
+        if self.bar.bar_style != 'warning': self.bar.bar_style = 'success'
         self.out.clear_output()
         plot_history(self.history, self.ax)
         display(figure_png(self.fig))
+    def stopped(self, why):
+        "Say in the panel why the run ended early and how to go on; the bar turns orange."
+        import html
+        self.bar.bar_style = 'warning'
+        self.note.value = f'<b>{html.escape(why)}</b>'
 
 # %% ../nbs/06_progress.ipynb #2006bf73
 def in_notebook()->bool:

@@ -2,7 +2,8 @@
 
 # %% ../nbs/07_train.ipynb #fba84b4d
 from __future__ import annotations
-import difflib, functools, json, math, warnings
+import difflib, errno, functools, json, math, os, pickle, re, shutil, signal, socket, sys, threading, time, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -12,11 +13,11 @@ from transformers import TrainerCallback
 from .memory import estimate_memory, cheapest_fit, device_memory_gb
 from .methods import apply_method
 from .generation import generate_samples
-from .progress import reporter_for
+from .progress import reporter_for, write_atomic
 
 # %% auto #0
-__all__ = ['SEED_DEFAULTS', 'sft_config', 'last_checkpoint', 'Guards', 'FineTuneResult', 'save_adapter', 'sft_trainer_class',
-           'build_trainer', 'finetune']
+__all__ = ['SEED_DEFAULTS', 'LOCK', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards', 'FineTuneResult',
+           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'sft_trainer_class', 'build_trainer', 'finetune']
 
 # %% ../nbs/07_train.ipynb #fa026d91
 SEED_DEFAULTS = dict(num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4,
@@ -45,21 +46,77 @@ def sft_config(output_dir, has_eval:bool=False, **args):
     return SFTConfig(output_dir=str(output_dir), **{**SEED_DEFAULTS, **ours, **args})
 
 # %% ../nbs/07_train.ipynb #ccb9c149
-def _complete(ckpt:Path)->bool:
-    "The `Trainer` writes `trainer_state.json` after the weights, optimizer and RNG states: a checkpoint is complete once it parses."
-    try: return json.loads((ckpt/'trainer_state.json').read_text())['global_step'] == int(ckpt.name.split('-')[-1])
-    except (OSError, ValueError, KeyError): return False
+_STATE_FILES = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt', 'scaler.pt', 'rng_state.pth', 'training_args.bin')   # the Trainer's, beside the weights
 
-def last_checkpoint(output_dir)->str|None:
-    "The newest complete checkpoint in `output_dir`, or None; one half-written when the run was killed is passed over."
-    done = [p for p in Path(output_dir).glob('checkpoint-*') if p.name.split('-')[-1].isdigit() and _complete(p)]
-    return str(max(done, key=lambda p: int(p.name.split('-')[-1]))) if done else None
+def _why(e)->str:
+    "An exception as one short line: its type and the first line of its message."
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0][:200] if s else ''}"
+
+def _safetensors_problem(p:Path)->str|None:
+    "What is wrong with the safetensors file `p`, judged from its header and size (nothing is loaded); None if it is whole."
+    size = p.stat().st_size
+    try:
+        with open(p, 'rb') as f:
+            n = int.from_bytes(f.read(8), 'little')
+            if n > size: return f'{p} is cut short or is not a safetensors file ({size:,} bytes; its header claims {n:,})'
+            header = json.loads(f.read(n))
+        end = max((v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e: return f'{p} is not a readable safetensors file ({_why(e)})'
+    if size < 8 + n + end: return f'{p} is cut short: {size:,} bytes of {8 + n + end:,}'
+
+def _nonfinite(p:Path)->str|None:
+    "The first tensor in the safetensors file `p` that holds NaN or inf, if any."
+    from safetensors import safe_open
+    with safe_open(p, 'pt') as f: return next((k for k in f.keys() if not torch.isfinite(f.get_tensor(k)).all()), None)
+
+def _torch_file_problem(p:Path)->str|None:
+    "What is wrong with a file `torch.save` wrote, loaded as the `Trainer` loads it (`weights_only=True`: no code in it runs); None if it loads."
+    import zipfile
+    from transformers.trainer_pt_utils import safe_globals
+    if not zipfile.is_zipfile(p): return f'{p} is cut short, or was not written by torch.save'
+    try:
+        with safe_globals(): torch.load(p, map_location='cpu', weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        g = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+        return (f'{p} asks to run code ({g[1] if g else _why(e)}), which no training run writes: refused unread. '
+                'Delete this checkpoint unless you know where the file came from')
+    except Exception as e: return f'{p} cannot be read ({_why(e)})'
+
+def checkpoint_problem(ckpt)->str|None:
+    "Why checkpoint folder `ckpt` cannot be resumed from (which file, what is wrong), or None when it is complete."
+    ckpt = Path(ckpt)
+    st = ckpt/'trainer_state.json'
+    if not st.exists(): return f'{st} is missing: the run stopped while this checkpoint was being written'
+    try: step = json.loads(st.read_text())['global_step']
+    except (ValueError, KeyError, TypeError) as e: return f'{st} does not parse ({_why(e)})'
+    if ckpt.name.split('-')[-1] != str(step): return f'{st} says global_step {step}, but the folder is {ckpt.name}'
+    weights = sorted(ckpt.glob('*.safetensors'))
+    if not weights: return f'{ckpt} holds no weights (no adapter_model.safetensors or model.safetensors)'
+    if p := next(filter(None, map(_safetensors_problem, weights)), None): return p
+    if (a := ckpt/'adapter_model.safetensors').exists() and (k := _nonfinite(a)): return f'{a} holds NaN or inf ({k})'
+    for n in ('optimizer.pt', 'scheduler.pt'):
+        if not (ckpt/n).exists(): return f'{ckpt/n} is missing: the optimizer would restart from zero (a checkpoint saved with save_only_model=True cannot resume)'
+    return next(filter(None, (_torch_file_problem(ckpt/n) for n in ('optimizer.pt', 'scheduler.pt', 'rng_state.pth', 'scaler.pt') if (ckpt/n).exists())), None)
+
+def _checkpoints(output_dir)->list:
+    "The `checkpoint-N` folders in `output_dir`, newest first."
+    cks = [p for p in Path(output_dir).glob('checkpoint-*') if p.name.split('-')[-1].isdigit() and p.is_dir()]
+    return sorted(cks, key=lambda p: -int(p.name.split('-')[-1]))
+
+def last_checkpoint(output_dir,         # a run's output folder
+                    skipped:list=None,  # if given, (checkpoint, why) is appended for each newer one passed over
+                   )->str|None:
+    "The newest checkpoint in `output_dir` that can be resumed from, or None."
+    for ck in _checkpoints(output_dir):
+        if (why := checkpoint_problem(ck)) is None: return str(ck)
+        if skipped is not None: skipped.append((str(ck), why))
 
 # %% ../nbs/07_train.ipynb #35269a4f
 class Guards(TrainerCallback):
     "Stop on NaN/inf loss, warn when the loss stops falling, add perplexity to eval logs."
     def __init__(self, patience:int=5, min_delta:float=1e-3):
-        self.patience, self.min_delta, self.best, self.flat, self.stopped, self.warned = patience, min_delta, math.inf, 0, None, False
+        self.patience, self.min_delta, self.best, self.flat, self.stopped, self.warned, self.good = patience, min_delta, math.inf, 0, None, False, None
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs if logs is not None else {}
         if 'eval_loss' in logs and math.isfinite(logs['eval_loss']): logs['eval_perplexity'] = math.exp(min(logs['eval_loss'], 50))
@@ -78,8 +135,11 @@ class Guards(TrainerCallback):
         fp16 = getattr(args, 'fp16', False)
         why = ('fp16 overflow is the usual cause with fp16=True: train in bf16 where the GPU has it (A100, L4, H100), or lower the learning rate'
                if fp16 else f'the learning rate ({args.learning_rate:g}) is the usual cause: try 10x lower, and a warm-up')
-        self.stopped = (f'the loss became {loss} at step {state.global_step}: training stopped. {why}. '
-                        f'The last good checkpoint is {last_checkpoint(args.output_dir) or "none (none was saved before)"}.')
+        self.good = last_checkpoint(args.output_dir)   # passes over a checkpoint whose weights are already NaN
+        kept = (f'The last good checkpoint is {self.good}: its adapter is the one written to {args.output_dir}' if self.good else
+                'No good checkpoint was saved before: no adapter is written')
+        self.stopped = f'the loss became {loss} at step {state.global_step}: training stopped. {why}. {kept}.'
+
         warnings.warn(self.stopped)
 
 # %% ../nbs/07_train.ipynb #e46b17c0
@@ -93,6 +153,7 @@ class FineTuneResult:
     eval_loss_after:float = None
     samples:list = field(default_factory=list)
     stopped:str = None   # why training stopped early, if it did
+    best_step:int = None   # with early stopping: the step whose adapter was kept
     world_size:int = 1   # processes that trained (torchrun / accelerate launch)
     gpu_peak_gb:float = None   # torch.cuda.max_memory_allocated over the run, on a GPU
     @property
@@ -113,12 +174,162 @@ class FineTuneResult:
         return s + (f'\n\n**Stopped early:** {self.stopped}' if self.stopped else '')
 
 # %% ../nbs/07_train.ipynb #f7771f4c
+def _move_in(tmp:Path, out:Path):
+    "Move the files of folder `tmp` into `out` (renames: no space needed), the weights last, and remove `tmp`."
+    for f in sorted(tmp.iterdir(), key=lambda f: f.suffix == '.safetensors'): os.replace(f, out/f.name)
+    tmp.rmdir()
+
+def _staging(out:Path)->Path:
+    "A fresh temporary folder inside `out`; any left by a process that died while saving there is removed first."
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob('.ft_nb-saving-*'): shutil.rmtree(old, ignore_errors=True)
+    return out/f'.ft_nb-saving-{os.getpid()}'
+
 def save_adapter(model, tok, output_dir, state_dict=None):
-    "Save the adapter (only the new embedding rows, when tokens were added), the tokenizer, and how the base was loaded."
+    "Save the adapter (only the new embedding rows, when tokens were added), the tokenizer, and how the base was loaded: all or nothing."
+    out = Path(output_dir)
+    tmp = _staging(out)
     kw = {'save_embedding_layers': False} if hasattr(model, 'peft_config') and getattr(model, 'ft_nb_new_token_ids', None) else {}
-    model.save_pretrained(output_dir, state_dict=state_dict, **kw)
-    tok.save_pretrained(output_dir)
-    if hasattr(model, 'peft_config'): (Path(output_dir)/TRAINING_BASE).write_text(json.dumps(training_base(model), indent=2))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, **kw)
+        tok.save_pretrained(tmp)
+        if hasattr(model, 'peft_config'): (tmp/TRAINING_BASE).write_text(json.dumps(training_base(model), indent=2))
+        _move_in(tmp, out)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/07_train.ipynb #7c664a3b
+LOCK = '.ft_nb.lock'
+
+def _alive(pid)->bool:
+    try: os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError): return False
+    except PermissionError: pass
+    return True
+
+def _holder(lock:Path)->dict|None:
+    "Who holds `lock` ({pid, host, since}), or None when it is stale: its process is gone, or it is this process's own leftover."
+    try: info = json.loads(lock.read_text())
+    except FileNotFoundError: return None
+    except (ValueError, OSError):   # being written this instant, or garbage
+        try: return {'pid': '?', 'host': '?', 'since': 'just now'} if time.time() - lock.stat().st_mtime < 10 else None
+        except FileNotFoundError: return None
+    if info.get('host') != socket.gethostname(): return info   # another machine's run (a shared drive): its pid cannot be checked from here
+    return info if info.get('pid') != os.getpid() and _alive(info.get('pid', 0)) else None
+
+def _mine(lock:Path)->bool:
+    try: return json.loads(lock.read_text()).get('pid') == os.getpid()
+    except (OSError, ValueError): return False
+
+@contextmanager
+def output_lock(output_dir):
+    "Hold `output_dir` for one run: a second run into it is refused with the first one's pid; a lock whose process is gone is taken over."
+    if int(os.environ.get('RANK', 0)) != 0: yield; return   # torchrun / accelerate: rank 0 holds it for all
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out/LOCK
+    while True:
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
+        except FileExistsError:
+            if h := _holder(lock):
+                raise FileExistsError(f"{out} is in use by another ft_nb run (pid {h['pid']} on {h['host']}, since {h['since']}): two runs would write "
+                                      f"their checkpoints into one folder. Wait for it to end, or choose another output_dir (if pid {h['pid']} is not an ft_nb run, delete {lock})") from None
+            warnings.warn(f'{lock} was left by a run that is no longer running: taken over')
+            lock.unlink(missing_ok=True)
+    try:
+        with os.fdopen(fd, 'w') as f: f.write(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'))))
+        yield out
+    finally:
+        if _mine(lock): lock.unlink()
+
+# %% ../nbs/07_train.ipynb #1a0a1bbe
+_TORCH_WRITE = ('PytorchStreamWriter', 'inline_container', 'iostream error', 'file write failed')
+
+def _free_mb(folder)->float:
+    p = Path(folder).absolute()
+    while not p.exists(): p = p.parent
+    return shutil.disk_usage(p).free / 2**20
+
+def _mb(folder)->float: return sum(f.stat().st_size for f in Path(folder).rglob('*') if f.is_file()) / 2**20
+
+def _disk_full(e, folder)->bool:
+    "Whether `e`, or what caused it, is a full disk: ENOSPC from Python or safetensors, or torch's writer failing where almost nothing is free (it does not say why)."
+    while e is not None:
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or 'No space left on device' in str(e): return True
+        if isinstance(e, RuntimeError) and any(m in str(e) for m in _TORCH_WRITE): return _free_mb(folder) < 64
+        e = e.__cause__ or e.__context__
+    return False
+
+def _checkpoint_mb(model, output_dir)->float:
+    "What one checkpoint takes: the last one's size, else the trainable weights three times over (weights and Adam's two moments)."
+    if ck := last_checkpoint(output_dir): return _mb(ck)
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
+
+def _no_space_in_checkpoint(model, output_dir, step)->OSError:
+    "The error for a disk that filled while checkpoint `step` was written; the half-written folder is removed."
+    ck, need = Path(output_dir)/f'checkpoint-{step}', _checkpoint_mb(model, output_dir)
+    removed = ck.exists() and checkpoint_problem(ck) is not None
+    if removed: shutil.rmtree(ck, ignore_errors=True)
+    good = last_checkpoint(output_dir)
+    return OSError(errno.ENOSPC, f'no space left on the disk of {output_dir} while saving {ck.name}: a checkpoint needs about {need:.1f} MB there and '
+                   f'{_free_mb(output_dir):.1f} MB are free. ' + (f'The half-written {ck.name} was removed. ' if removed else '')
+                   + (f'{good} is complete: free some space (or lower save_total_limit) and run again with resume_from_checkpoint=True'
+                      if good else 'No checkpoint was complete: free some space and run again'))
+
+def _no_space_for_adapter(model, output_dir)->OSError:
+    "The error for a disk that filled while the final adapter was written (nothing of it was left there)."
+    good = last_checkpoint(output_dir)
+    return OSError(errno.ENOSPC, f'no space left on the disk of {output_dir} while saving the adapter: it needs about {_checkpoint_mb(model, output_dir) / 3:.1f} MB '
+                   f'and {_free_mb(output_dir):.1f} MB are free; nothing of it was left there. The trained model is still in memory: free some space and call '
+                   f'save_adapter(model, tokenizer, {str(output_dir)!r})' + (f', or run again with resume_from_checkpoint=True (from {good})' if good else ''))
+
+# %% ../nbs/07_train.ipynb #22509f45
+class Interrupt(TrainerCallback):
+    "Ctrl-C or a notebook's stop button while training: the step ends, a checkpoint is saved, training stops; a second press stops at once."
+    def __init__(self): self.pressed, self.at = False, None
+    def on_step_end(self, args, state, control, **kw):
+        if self.pressed and self.at is None: self.at, control.should_save, control.should_training_stop = state.global_step, True, True
+    @contextmanager
+    def armed(self):
+        "While the block runs, SIGINT (what the stop button sends the kernel) only sets a flag; outside the main thread nothing changes."
+        if threading.current_thread() is not threading.main_thread(): yield; return
+        prev = signal.getsignal(signal.SIGINT)
+        if prev is None: prev = signal.default_int_handler
+        def press(sig, frame):
+            if self.pressed:
+                signal.signal(signal.SIGINT, prev)
+                raise KeyboardInterrupt
+            self.pressed = True
+            print('ft_nb: stopping at the end of this step, with a checkpoint (interrupt again to stop at once)', file=sys.stderr)
+        signal.signal(signal.SIGINT, press)
+        try: yield self
+        finally: signal.signal(signal.SIGINT, prev)
+
+# %% ../nbs/07_train.ipynb #1d5ebe20
+def _adopt(ckpt, output_dir):
+    "Write the adapter of checkpoint `ckpt` as the run's adapter in `output_dir` (all or nothing), without the Trainer's state files."
+    out = Path(output_dir)
+    tmp = _staging(out)
+    try:
+        shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(*_STATE_FILES, '.ft_nb*'))
+        _move_in(tmp, out)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+def resume_point(resume,       # `finetune`'s `resume_from_checkpoint`: None, True or a checkpoint folder
+                 output_dir,   # the run's output folder
+                )->str|None:
+    "The checkpoint to resume from: for True the newest whole one (saying which were passed over and why); a path is checked first."
+    if not resume: return None
+    if resume is True:
+        skipped = []
+        ck = last_checkpoint(output_dir, skipped)
+        for s, why in skipped:
+            warnings.warn(f'not resuming from {Path(s).name}: {why}. ' + (f'Resuming from {Path(ck).name} instead.' if ck else 'No checkpoint can resume: training starts from step 0.'))
+        return ck
+    if not Path(resume).is_dir(): raise FileNotFoundError(f'resume_from_checkpoint: {resume} is not a folder')
+    if why := checkpoint_problem(resume):
+        other = last_checkpoint(Path(resume).parent)
+        raise ValueError(f'cannot resume from {resume}: {why}. ' + (f'The newest whole checkpoint there is {other}' if other else 'No checkpoint beside it can resume'))
+    return str(resume)
 
 # %% ../nbs/07_train.ipynb #9e4357a6
 def _tokenized(data, tok, template, max_length):
@@ -156,7 +367,7 @@ def sft_trainer_class(fused_loss='auto'):
 
 # %% ../nbs/07_train.ipynb #c2676ab2
 def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_nb_out', template=None, max_length=None,
-                  progress='auto', callbacks=None, fused_loss='auto', **args):
+                  progress='auto', callbacks=None, fused_loss='auto', early_stopping_patience=None, **args):
     "The `SFTTrainer` that `finetune` runs: the data layer's rows and labels, our collator, progress and guards."
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from transformers import PrinterCallback
@@ -164,15 +375,23 @@ def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_n
         raise ValueError("the model has no adapter to train: call ft_nb.models.apply_method(model, 'qlora') first, or pass method= to finetune")
     train = _tokenized(train_data, tokenizer, template, max_length)
     evals = _tokenized(eval_data, tokenizer, template, max_length) if eval_data is not None else None
-    guards, reporter = Guards(), reporter_for(progress, output_dir)
+    guards, reporter, interrupt = Guards(), reporter_for(progress, output_dir), Interrupt()
+    early = None
+    if early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+        if evals is None: raise ValueError('early_stopping_patience needs eval_data: early stopping watches the eval loss')
+        strategy = args.get('save_strategy', SEED_DEFAULTS['save_strategy'])
+        args = {'eval_strategy': strategy, **({'eval_steps': args['save_steps']} if 'save_steps' in args else {}), 'load_best_model_at_end': True,
+                'metric_for_best_model': 'eval_loss', 'greater_is_better': False, **args}
+        early = EarlyStoppingCallback(early_stopping_patience)
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
     trainer = sft_trainer_class(fused_loss)(model=model, args=sft_config(output_dir, evals is not None, **args), train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
-                         callbacks=[guards, reporter, *(callbacks or [])])
+                         callbacks=[guards, interrupt, reporter, *(callbacks or []), *([early] if early else [])])
     trainer.remove_callback(PrinterCallback)
     for n, p in trainer.model.named_parameters():   # TRL casts a 4-bit model's trainable weights to bf16: keep PEFT's fp32
         if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])
-    trainer.ft_nb_guards = guards
+    trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_reporter, trainer.ft_nb_early = guards, interrupt, reporter, early
     return trainer
 
 # %% ../nbs/07_train.ipynb #588dd81b
@@ -202,30 +421,63 @@ def finetune(model,                      # from `load_model` (and `apply_method`
              max_new_tokens:int=64,      # for the sample answers
              resume_from_checkpoint=None,# True (the newest complete checkpoint) or a path
              callbacks:list=None,        # more `TrainerCallback`s
+             early_stopping_patience:int=None, # stop after this many evaluations without a better eval loss; the best adapter is kept
              **args                      # any `SFTConfig` field: num_train_epochs, learning_rate, max_steps...
             )->FineTuneResult:
     "Fine-tune with the seed's defaults over TRL's `SFTTrainer`; evaluates before and after, saves the adapter and metrics."
-    if method:
-        from transformers import set_seed
-        set_seed(args.get('seed', 42))   # the adapter's initial weights follow the run's seed (the Trainer seeds only after)
-        lora_kw = {'preset': lora} if isinstance(lora, str) else dict(lora or {})
-        model = apply_method(model, method, seq_len=max_length or 512, batch_size=args.get('per_device_train_batch_size', 4), **lora_kw)
-    trainer = build_trainer(model, tokenizer, train_data, eval_data, output_dir, template, max_length, progress, callbacks, **args)
+    out_dir = Path(output_dir)
+    if out_dir.is_symlink(): warnings.warn(f'output_dir {output_dir} is a symbolic link to {out_dir.resolve()}: the run writes there')
+    resume = resume_point(resume_from_checkpoint, output_dir)
+    with output_lock(output_dir):
+        if method:
+            from transformers import set_seed
+            set_seed(args.get('seed', 42))   # the adapter's initial weights follow the run's seed (the Trainer seeds only after)
+            lora_kw = {'preset': lora} if isinstance(lora, str) else dict(lora or {})
+            model = apply_method(model, method, seq_len=max_length or 512, batch_size=args.get('per_device_train_batch_size', 4), **lora_kw)
+        trainer = build_trainer(model, tokenizer, train_data, eval_data, output_dir, template, max_length, progress, callbacks,
+                                early_stopping_patience=early_stopping_patience, **args)
+        return _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens)
+
+# %% ../nbs/07_train.ipynb #d14a828e
+def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens)->FineTuneResult:
+    "Run `trainer` for `finetune` and write what the run leaves: the adapter (the good or best one), metrics.json."
     res = FineTuneResult(str(output_dir))
     has_eval = trainer.eval_dataset is not None
-    if has_eval and not resume_from_checkpoint: res.eval_loss_before = trainer.evaluate()['eval_loss']
-    if resume_from_checkpoint is True: resume_from_checkpoint = last_checkpoint(output_dir)
-    try: out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if has_eval and not resume: res.eval_loss_before = trainer.evaluate()['eval_loss']
+    guards, interrupt, early = trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_early
+    try:
+        with interrupt.armed(): out = trainer.train(resume_from_checkpoint=resume)
     except Exception as e:
         if _is_oom(e): raise MemoryError(_oom_advice(model, trainer.args)) from e
+        if _disk_full(e, output_dir): raise _no_space_in_checkpoint(model, output_dir, trainer.state.global_step) from None
         raise
-    res.train_loss, res.steps, res.stopped = out.training_loss, out.global_step, trainer.ft_nb_guards.stopped
-    if has_eval and not res.stopped: res.eval_loss_after = trainer.evaluate()['eval_loss']
+    res.train_loss, res.steps, res.stopped = out.training_loss, out.global_step, guards.stopped
+    if interrupt.at is not None:
+        res.stopped = (f'stopped at step {interrupt.at}; resume with finetune(..., resume_from_checkpoint=True) (ft_nb train: --resume_from_checkpoint true). '
+                       f"{Path(output_dir)/f'checkpoint-{interrupt.at}'} is saved; the final adapter is not written")
+    elif early is not None:
+        st = trainer.state
+        res.best_step = st.best_global_step
+        if early.early_stopping_patience_counter >= early.early_stopping_patience:
+            res.stopped = (f'early stopping at step {res.steps}: the eval loss did not improve for {early.early_stopping_patience} evaluations. '
+                           f'The adapter written is the best one, from step {st.best_global_step} (eval loss {st.best_metric:.4g}, {st.best_model_checkpoint})')
+    failed = guards.stopped or interrupt.at is not None
+    if has_eval and not failed: res.eval_loss_after = trainer.evaluate()['eval_loss']
     res.world_size = trainer.args.world_size
     if torch.cuda.is_available(): res.gpu_peak_gb = torch.cuda.max_memory_allocated() / 2**30
     if not trainer.is_world_process_zero(): return res   # under torchrun/accelerate: one process writes
-    if not res.stopped: save_adapter(trainer.model, tokenizer, output_dir)
-    if sample_prompts: res.samples = generate_samples(trainer.model, tokenizer, sample_prompts, max_new_tokens)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir)/'metrics.json').write_text(json.dumps(res.metrics(), indent=2))
+    if res.stopped: trainer.ft_nb_reporter.stopped(res.stopped)
+    if guards.stopped and guards.good: _adopt(guards.good, output_dir)
+    elif not failed:
+        try: save_adapter(trainer.model, tokenizer, output_dir)
+        except Exception as e:
+            if _disk_full(e, output_dir): raise _no_space_for_adapter(model, output_dir) from None
+            raise
+    if sample_prompts and not failed: res.samples = generate_samples(trainer.model, tokenizer, sample_prompts, max_new_tokens)
+    text = json.dumps(res.metrics(), indent=2)
+    try: write_atomic(Path(output_dir)/'metrics.json', text)
+    except OSError as e:
+        if not _disk_full(e, output_dir): raise
+        warnings.warn(f'{Path(output_dir)/"metrics.json"} not written: no space left on that disk ({_free_mb(output_dir):.2f} MB free, {len(text) / 2**20:.3f} MB needed). '
+                      'The adapter is saved; the figures are in the result finetune returns')
     return res

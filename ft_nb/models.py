@@ -155,7 +155,7 @@ def load_model(name_or_path,                  # hub name or local folder
                **kw                           # passed to `AutoModelForCausalLM.from_pretrained`
               )->tuple:                       # (model, tokenizer)
     "Load a causal LM (4-bit NF4 by default) and its fixed-up tokenizer, ready for `apply_method`."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     model_config(name_or_path, trust_remote_code)
     if Path(name_or_path).expanduser().is_dir(): check_model_folder(Path(name_or_path).expanduser())
     dt = compute_dtype(dtype)

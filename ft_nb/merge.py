@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from .data import chat_template_or_none, check_output_folder
-from .models import TRAINING_BASE, compute_dtype, configure_generation, load_model, model_config
+from .models import TRAINING_BASE, _check_safetensors, _json_file, compute_dtype, configure_generation, load_model, model_config
 from .generation import FIXED_PROMPTS, generate_samples, logit_gap, prompt_logits
 
 # %% auto #0
@@ -20,18 +20,6 @@ def _latest_checkpoint(d:Path)->Path|None:
     "The Trainer checkpoint folder (`checkpoint-N`) in `d` with the highest step that holds an adapter, or None."
     cks = [c for c in d.glob('checkpoint-*') if c.name.split('-')[-1].isdigit() and (c/'adapter_config.json').exists()]
     return max(cks, key=lambda c: int(c.name.split('-')[-1]), default=None)
-
-def _check_safetensors(path:Path):
-    "Open `path`'s header (cheap, no tensors read): a truncated or foreign file is named here, not deep inside PEFT."
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), 'pt'): pass
-    except Exception as e: raise ValueError(f'{path} is damaged: it is not a complete safetensors file ({e}); copy or download it again') from None
-
-def _json(path:Path)->dict:
-    "A JSON file's content, or an error naming the file."
-    try: return json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged') from None
 
 def read_adapter(adapter_dir,              # a PEFT adapter folder: from ft_nb, `save_pretrained`, or a Trainer `checkpoint-N`
                  allow_pickle:bool=False,  # accept `adapter_model.bin` (a pickle: loading one can run code)
@@ -48,8 +36,8 @@ def read_adapter(adapter_dir,              # a PEFT adapter folder: from ft_nb, 
         if not allow_pickle: raise ValueError(f'{d/"adapter_model.bin"} is a pickle file, and loading a pickle can run code hidden in it: pass allow_pickle=True '
                                               '(--allow-pickle) if you trust where it came from, or save the adapter as safetensors')
     if (d/'adapter_model.safetensors').exists(): _check_safetensors(d/'adapter_model.safetensors')
-    cfg = _json(d/'adapter_config.json')
-    trained = _json(d/TRAINING_BASE) if (d/TRAINING_BASE).exists() else None
+    cfg = _json_file(d/'adapter_config.json')
+    trained = _json_file(d/TRAINING_BASE) if (d/TRAINING_BASE).exists() else None
     return dict(base=cfg.get('base_model_name_or_path'), peft_type=cfg.get('peft_type'), training_base=trained,
                 tokenizer=any((d/f).exists() for f in ('tokenizer.json', 'tokenizer_config.json')))
 

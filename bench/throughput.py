@@ -17,7 +17,7 @@ GPU variant: python bench/throughput.py --gpu   (a 0.5B-size config, bf16, and t
 import argparse, json, os, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
+DATA = Path(os.environ.get('FT_NB_DATA') or Path(__file__).resolve().parents[1].parent/'shared'/'data')   # FT_NB_DATA: a copy elsewhere (the GPU machine)
 TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj']
 GPU = os.environ.get('FT_NB_BENCH_GPU') == '1'
 OPT = dict(per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4, warmup_steps=0.03, lr_scheduler_type='cosine',

@@ -9,12 +9,20 @@ optimisation settings (batch 4 x 4, lr 2e-4, 3% warm-up, cosine), one epoch, fp3
 - trl:   plain SFTTrainer on prompt/completion records: TRL tokenizes, pads per batch, its default checkpointing;
 - ft_nb: the whole `ft_nb train CONFIG.yaml` process (start-up, data preparation and the checkpoint included).
 
-Reported for each: seconds, real (non-pad) tokens per second, pad fraction, peak RSS of the process, and the mean
-loss per reply token on the 100 held-out records (the same labels for all three). Each run is its own process.
+- bare:  the compute floor's nearest runnable reference: a plain torch loop over ft_nb's tokenized rows, each example its
+         own forward (no padding at all), the same model, LoRA, optimizer, schedule and optimizer steps; no Trainer, no
+         logging. Only its training loop is timed (imports, model load and tokenization are not).
+
+Reported for each: seconds, real (non-pad) tokens per second, pad fraction, peak RSS of the process, the mean loss per
+reply token on the 100 held-out records (the same labels for all), and model FLOPs utilisation (MFU): the FLOPs the
+run must do on the real tokens (`train_flops`: forward and backward of the LoRA model, LM head and attention
+included) over the seconds taken times this machine's dense matmul rate for the model's own shapes and dtype,
+measured in the same run (`worker_matmul`). MFU is given for the training loop alone (`trainer.train()`, the bare
+loop) and for the whole process. Each run is its own process.
 
 Run: python bench/throughput.py [--records N]   (prints a markdown table; writes only to a temporary folder)
 GPU variant: python bench/throughput.py --gpu   (a 0.5B-size config, bf16, and torch.cuda.max_memory_allocated for each run)"""
-import argparse, json, os, subprocess, sys, tempfile, time, warnings
+import argparse, json, math, os, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 
 DATA = Path(os.environ.get('FT_NB_DATA') or Path(__file__).resolve().parents[1].parent/'shared'/'data')   # FT_NB_DATA: a copy elsewhere (the GPU machine)
@@ -92,6 +100,74 @@ def worker_trl(work):
     trainer.model.save_pretrained(work/'trl')
     return dict(seconds=secs, real_tokens=real, pad_fraction=pad, **_gpu_memory())
 
+def train_flops(cfg:dict, lengths, r:int=16, targets=TARGETS)->dict:
+    """FLOPs one epoch must do on examples of `lengths` real tokens: forward and backward of a LoRA model whose base is frozen.
+
+    Per token: the frozen linear layers (LM head included) cost 2N forward and 2N backward (gradients of their inputs;
+    no weight gradients), the adapters 2n forward and 4n backward (n = LoRA parameters); attention (QK^T and AV, the full
+    s x s square as MFU is usually counted) costs 4*layers*s*heads*head_dim forward and twice that backward. `usual_6n` is
+    the full fine-tuning convention (6N per token), for comparison with published MFU figures."""
+    d, L, ff, V = cfg['hidden_size'], cfg['num_hidden_layers'], cfg['intermediate_size'], cfg['vocab_size']
+    h, kv = cfg['num_attention_heads'], cfg.get('num_key_value_heads') or cfg['num_attention_heads']
+    hd = cfg.get('head_dim') or d // h
+    shapes = {'q_proj': (d, h * hd), 'k_proj': (d, kv * hd), 'v_proj': (d, kv * hd), 'o_proj': (h * hd, d),
+              'gate_proj': (d, ff), 'up_proj': (d, ff), 'down_proj': (ff, d)}
+    N = L * sum(i * o for i, o in shapes.values()) + V * d
+    n = L * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+    tokens = sum(lengths)
+    attn = sum(12 * L * s * s * h * hd for s in lengths)
+    return dict(flops=tokens * (4 * N + 6 * n) + attn, usual_6n=tokens * 6 * (N + n) + attn, linear_params=N, lora_params=n,
+                attention_share=attn / (tokens * (4 * N + 6 * n) + attn), shapes=[*shapes.values()] * L + [(d, V)])
+
+def worker_matmul(work):
+    "This machine's dense matmul rate (FLOP/s) on the model's own linear shapes and dtype, at the rows of a typical batch, forward and input-gradient products."
+    import torch
+    cfg = json.loads((work/'base'/'config.json').read_text())
+    rows = int(json.loads((work/'lengths.json').read_text())['batch_tokens'])
+    dev, dt = ('cuda', torch.bfloat16) if GPU else ('cpu', torch.float32)
+    flops = secs = 0.0
+    for i, o in train_flops(cfg, [1])['shapes']:
+        w = torch.randn(o, i, device=dev, dtype=dt)
+        for a, b in ((torch.randn(rows, i, device=dev, dtype=dt), w.t()), (torch.randn(rows, o, device=dev, dtype=dt), w)):   # x W^T, then dy W
+            a @ b
+            if GPU: torch.cuda.synchronize()
+            times = []
+            for _ in range(5):
+                t = time.perf_counter(); a @ b
+                if GPU: torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            flops += 2 * rows * i * o; secs += sorted(times)[2]
+    return dict(rate=flops / secs, rows=rows, dtype=str(dt))
+
+def worker_bare(work):
+    "A plain torch loop: ft_nb's tokenized rows in a shuffled order, one example per forward (no padding), gradients accumulated over batch x accumulation examples, the Trainer's optimizer, schedule and clipping."
+    import torch
+    import datasets
+    from transformers import Trainer, TrainingArguments, get_cosine_schedule_with_warmup
+    rows = datasets.load_from_disk(str(work/'tokenized'))
+    examples = [(torch.tensor([r['input_ids']]), torch.tensor(r['labels'][1:])) for r in rows]
+    torch.manual_seed(0)
+    model = peft_model(work).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls, kw = Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(output_dir=str(work/'bare'), **OPT))
+    opt = cls(params, **kw)
+    per_step = OPT['per_device_train_batch_size'] * OPT['gradient_accumulation_steps']
+    steps = math.ceil(len(examples) / per_step)
+    sched = get_cosine_schedule_with_warmup(opt, math.ceil(OPT['warmup_steps'] * steps), steps)
+    order = torch.randperm(len(examples)).tolist()
+    t = time.perf_counter()
+    for s in range(steps):
+        group = [examples[i] for i in order[s * per_step:(s + 1) * per_step]]
+        n = sum(int((y != -100).sum()) for _, y in group)
+        for x, y in group:
+            logits = model(input_ids=x, use_cache=False).logits[0, :-1]
+            (torch.nn.functional.cross_entropy(logits.float(), y, ignore_index=-100, reduction='sum') / n).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+    secs = time.perf_counter() - t
+    model.save_pretrained(work/'bare')
+    return dict(seconds=secs, train_seconds=secs, real_tokens=sum(x.shape[1] for x, _ in examples), pad_fraction=0.0, steps=steps, **_gpu_memory())
+
 def _gpu_memory():
     import torch
     return dict(gpu_gb=torch.cuda.max_memory_allocated() / 2**30) if GPU else {}
@@ -137,7 +213,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--records', type=int, default=None, help='train on the first N records only (default: all but the 100 held out)')
     ap.add_argument('--gpu', action='store_true', help='the GPU variant: a 0.5B-size config in bf16, with max_memory_allocated')
-    ap.add_argument('--worker', choices=['seed', 'trl'], help=argparse.SUPPRESS)
+    ap.add_argument('--worker', choices=['seed', 'trl', 'bare', 'matmul'], help=argparse.SUPPRESS)
     ap.add_argument('--work', help=argparse.SUPPRESS)
     a = ap.parse_args()
     warnings.filterwarnings('ignore')
@@ -152,27 +228,54 @@ def main():
     (work/'train.json').write_text(json.dumps(recs[:-100][:a.records]))
     (work/'held.json').write_text(json.dumps(recs[-100:]))
     n_params = build_base(work)
+    real, pad = prepare_tokens(work)
     env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
     res = {}
-    for v in ('seed', 'trl'):
+    for v in ('seed', 'trl', 'bare'):
         wall, rss, out = run_process([sys.executable, __file__, '--worker', v, '--work', str(work)], env=env)
-        res[v] = {**json.loads(out.strip().splitlines()[-1]), 'rss_mb': rss, 'adapter': work/v}
+        r = json.loads(out.strip().splitlines()[-1])
+        res[v] = {**r, 'train_seconds': r['seconds'], 'seconds': wall, 'rss_mb': rss, 'adapter': work/v}
     (work/'run.yaml').write_text(f"model: {work/'base'}\ndata: {work/'train.json'}\ntemplate: alpaca\nquant: null\nmethod: lora\n"
                                  f"lora: {{r: 16, targets: [{', '.join(TARGETS)}]}}\noutput_dir: {work/'ft_nb'}\nnum_train_epochs: 1\n"
                                  f"progress: none\nseed: 0\n")
     exe = Path(sys.executable).parent/'ft_nb'
     wall, rss, _ = run_process([str(exe), 'train', str(work/'run.yaml')], env=env)
-    real, pad = ft_nb_stats(work)
-    res['ft_nb'] = dict(seconds=wall, real_tokens=real, pad_fraction=pad, rss_mb=rss, adapter=work/'ft_nb')
-    if GPU: res['ft_nb']['gpu_gb'] = json.loads((work/'ft_nb'/'metrics.json').read_text())['gpu_peak_gb']
+    m = json.loads((work/'ft_nb'/'metrics.json').read_text())
+    res['ft_nb'] = dict(seconds=wall, train_seconds=m.get('train_seconds'), real_tokens=real, pad_fraction=pad, rss_mb=rss, adapter=work/'ft_nb')
+    if GPU: res['ft_nb']['gpu_gb'] = m['gpu_peak_gb']
+    rate = json.loads(run_process([sys.executable, __file__, '--worker', 'matmul', '--work', str(work)], env=env)[2].strip().splitlines()[-1])['rate']
+    lengths = json.loads((work/'lengths.json').read_text())['lengths']
+    fl = train_flops(json.loads((work/'base'/'config.json').read_text()), lengths)
     for r in res.values(): r['held_out_loss'] = held_out_loss(work, r['adapter'])
+    report(res, fl, rate, n_params, len(lengths))
+    __import__('shutil').rmtree(work, ignore_errors=True)
+
+def prepare_tokens(work):
+    "ft_nb's tokenization of the training records (for the bare loop and the FLOP count), and the real tokens and pad fraction of ft_nb's batches."
+    from ft_nb.data import prepare_dataset
+    from transformers import AutoTokenizer
+    ds, _ = prepare_dataset(str(work/'train.json'), AutoTokenizer.from_pretrained(work/'base'), template='alpaca')
+    ds.save_to_disk(str(work/'tokenized'))
+    lengths = [len(r) for r in ds['input_ids']]
+    (work/'lengths.json').write_text(json.dumps(dict(lengths=lengths, batch_tokens=OPT['per_device_train_batch_size'] * sum(lengths) / len(lengths))))
+    return ft_nb_stats(work)
+
+def report(res, fl, rate, n_params, n_records):
+    "Print the markdown table, MFU and the ratios."
     where = f'GPU {__import__("torch").cuda.get_device_name(0)}' if GPU else f'{os.cpu_count()} CPU cores'
-    print(f"{n_params / 1e6:.1f}M-parameter Llama, {len(recs[:-100][:a.records])} records, one epoch, {where}\n")
-    print('| run | seconds | real tokens/s | pad fraction | peak RSS MB | held-out loss | speed vs seed | speed vs trl |' + (' GPU max allocated |' if GPU else ''))
-    print('|---|---|---|---|---|---|---|---|' + ('---|' if GPU else ''))
-    tps = {k: r['real_tokens'] / r['seconds'] for k, r in res.items()}
+    print(f"{n_params / 1e6:.1f}M-parameter Llama, {n_records} records, one epoch, {where}; {fl['flops'] / 1e12:.2f} TFLOP to do "
+          f"(attention {fl['attention_share']:.1%}); dense matmul rate measured {rate / 1e9:.1f} GFLOP/s\n")
+    print('| run | seconds (process) | seconds (training loop) | real tokens/s (process) | pad fraction | peak RSS MB | held-out loss | '
+          'MFU, training loop | MFU, process | speed vs seed | vs plain TRL | vs bare loop (its training loop) |' + (' GPU max allocated |' if GPU else ''))
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|' + ('---|' if GPU else ''))
+    mfu = lambda secs: f"{fl['flops'] / (secs * rate):.0%}" if secs else 'n/a'
     for k, r in res.items():
-        print(f"| {k} | {r['seconds']:.0f} | {tps[k]:.0f} | {r['pad_fraction']:.1%} | {r['rss_mb']:.0f} | {r['held_out_loss']:.3f} | "
-              f"{res['seed']['seconds'] / r['seconds']:.2f}x | {res['trl']['seconds'] / r['seconds']:.2f}x |" + (f" {r['gpu_gb']:.2f} GB |" if GPU else ''))
+        ts = r.get('train_seconds')
+        print(f"| {k} | {r['seconds']:.0f} | {f'{ts:.0f}' if ts else 'n/a'} | {r['real_tokens'] / r['seconds']:.0f} | {r['pad_fraction']:.1%} | {r['rss_mb']:.0f} | "
+              f"{r['held_out_loss']:.3f} | {mfu(ts)} | {mfu(r['seconds'])} | {res['seed']['seconds'] / r['seconds']:.2f}x | "
+              f"{res['trl']['seconds'] / r['seconds']:.2f}x | {res['bare']['train_seconds'] / r['seconds']:.2f}x |" + (f" {r['gpu_gb']:.2f} GB |" if GPU else ''))
+    print(f"\nFLOPs counted: {fl['flops']:.3g} (LoRA on a frozen base: 4N + 6n per token, N = {fl['linear_params'] / 1e6:.1f}M linear parameters "
+          f"with the LM head, n = {fl['lora_params'] / 1e6:.2f}M adapter parameters, plus attention); the full fine-tuning convention (6N) would count "
+          f"{fl['usual_6n']:.3g}, {fl['usual_6n'] / fl['flops']:.2f}x as many.")
 
 if __name__ == '__main__': main()

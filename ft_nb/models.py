@@ -137,9 +137,10 @@ def configure_generation(model, tok):
 
 # %% ../nbs/02_models.ipynb #d6b33455
 def process_device_map(device_map='auto'):
-    "Under torchrun/accelerate (WORLD_SIZE > 1), 'auto' means the whole model on this process's device, as DDP needs; else `device_map`."
+    "Under torchrun/accelerate (WORLD_SIZE > 1), 'auto' means the whole model on this process's device, as DDP needs (on the CPU under FSDP, which shards it onto the GPUs); else `device_map`."
     import os
     if device_map != 'auto' or int(os.environ.get('WORLD_SIZE', '1')) <= 1: return device_map
+    if os.environ.get('ACCELERATE_USE_FSDP', 'false').lower() == 'true': return None
     return {'': f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else 'cpu'}
 
 # %% ../nbs/02_models.ipynb #9d762ca3

@@ -54,7 +54,8 @@ class Grab(TrainerCallback):
         model.train()
         q = getattr(model.config, 'quantization_config', None)
         if state.is_world_process_zero: torch.save({'state': sd, 'logits': logits, 'fsdp2': isinstance(model, torch.distributed.fsdp.FSDPModule),
-                                                    'quant_storage': str(q.bnb_4bit_quant_storage) if q else None}, sys.argv[2])
+                                                    'quant_storage': str(q.bnb_4bit_quant_storage) if q else None,
+                                                    'unsharded': [n for n, p in model.named_parameters() if type(p).__name__ != 'DTensor']}, sys.argv[2])
 
 cfg = load_run_config(sys.argv[1], _parse_overrides(sys.argv[3:]))
 res = run_training({**cfg, 'accelerator_config': {'use_configured_state': True}, 'callbacks': [Grab()]})   # the Trainer keeps that state
@@ -86,7 +87,7 @@ def _fsdp_run(tmp_path, base, out, quant=None, **settings):
 def _check_adapter(out, grab, model):
     "The adapter in `out` is, tensor for tensor, what the sharded model held (torch's own gather), trained, and PEFT loads it on `model` to the logits it gave."
     from peft import PeftModel
-    assert grab['fsdp2']      # FSDP2 sharded the model (not DDP)
+    assert grab['fsdp2'] and grab['unsharded'] == []     # FSDP2 sharded the model, every weight of it (not DDP)
     saved = load_file(out/'adapter_model.safetensors')
     held = {k.replace('.default', ''): v for k, v in grab['state'].items()}
     assert set(saved) == set(held) and len(saved) == 28
@@ -105,8 +106,9 @@ def test_fsdp_lora_16bit(tmp_path):
     from ft_nb.train import checkpoint_problem
     base, out = tmp_path/'base', tmp_path/'out'
     tiny_llama(folder=base, dtype=torch.bfloat16)
-    r, results, grab = _fsdp_run(tmp_path, base, out, save_strategy='steps', save_steps=3)
+    r, results, grab = _fsdp_run(tmp_path, base, out, save_strategy='steps', save_steps=3, sample_prompts=['Name a colour.'], max_new_tokens=4)
     saved = _check_adapter(out, grab, AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16))
+    assert json.loads((out/'metrics.json').read_text())['eos_rate'] is not None   # both processes answered the prompt (the weights are gathered for each step)
     for ck in ('checkpoint-3', 'checkpoint-6'): assert checkpoint_problem(out/ck) is None, checkpoint_problem(out/ck)
     assert (out/'checkpoint-3'/'optimizer_0').is_dir() and (out/'checkpoint-3'/'pytorch_model_fsdp_0').is_dir()   # accelerate's sharded state
     assert all(torch.equal(load_file(out/'checkpoint-6'/'adapter_model.safetensors')[k], v) for k, v in saved.items())
@@ -115,7 +117,7 @@ def test_fsdp_lora_16bit(tmp_path):
     assert max((resumed[k] - saved[k]).abs().max().item() for k in saved) < 1e-6
 
 def test_fsdp_qlora(tmp_path):
-    "QLoRA under FSDP2: the 4-bit weights are stored as bf16 (bnb_4bit_quant_storage, set by load_model under FSDP) and sharded like the rest."
+    "QLoRA under FSDP2: the 4-bit weights are stored as bf16 (bnb_4bit_quant_storage, set by load_model under FSDP) and sharded like the rest (uint8 ones accelerate would leave whole on every process)."
     from ft_nb.models import load_model
     base, out = tmp_path/'base', tmp_path/'out'
     tiny_llama(folder=base, dtype=torch.bfloat16)
@@ -123,3 +125,11 @@ def test_fsdp_qlora(tmp_path):
     assert grab['quant_storage'] == 'torch.bfloat16'
     model, _ = load_model(base, quant='4bit', dtype='bf16')   # in one process: plain uint8 storage, the same 4-bit weights
     _check_adapter(out, grab, model)
+
+def test_accelerate_configs_parse():
+    "The configs the README points to load as accelerate reads them, for one node with one process per GPU."
+    from accelerate.commands.config.config_args import load_config_from_file
+    cfgs = {p.stem: load_config_from_file(str(p)) for p in sorted((REPO/'configs'/'accelerate').glob('*.yaml'))}
+    assert sorted(cfgs) == ['ddp', 'fsdp']
+    assert [(c.distributed_type, c.num_machines, c.num_processes) for c in cfgs.values()] == [('MULTI_GPU', 1, 2), ('FSDP', 1, 2)]
+    assert cfgs['fsdp'].fsdp_config['fsdp_version'] == 2 and cfgs['fsdp'].mixed_precision == 'bf16'

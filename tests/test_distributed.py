@@ -48,6 +48,7 @@ IDS = torch.arange(1, 17)[None]
 
 class Grab(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kw):
+        unsharded = [n for n, p in model.named_parameters() if type(p).__name__ != 'DTensor']   # before a forward: the root keeps its weights gathered after one
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
         model.eval()
         with torch.no_grad(): logits = model(input_ids=IDS).logits.float()
@@ -55,7 +56,7 @@ class Grab(TrainerCallback):
         q = getattr(model.config, 'quantization_config', None)
         if state.is_world_process_zero: torch.save({'state': sd, 'logits': logits, 'fsdp2': isinstance(model, torch.distributed.fsdp.FSDPModule),
                                                     'quant_storage': str(q.bnb_4bit_quant_storage) if q else None,
-                                                    'unsharded': [n for n, p in model.named_parameters() if type(p).__name__ != 'DTensor']}, sys.argv[2])
+                                                    'unsharded': unsharded}, sys.argv[2])
 
 cfg = load_run_config(sys.argv[1], _parse_overrides(sys.argv[3:]))
 res = run_training({**cfg, 'accelerator_config': {'use_configured_state': True}, 'callbacks': [Grab()]})   # the Trainer keeps that state

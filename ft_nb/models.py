@@ -27,7 +27,15 @@ def compute_dtype(dtype='auto')->torch.dtype:
     return torch.float32
 
 # %% ../nbs/02_models.ipynb #f1003c24
-def bnb_config(quant:str|None, dtype=torch.bfloat16):
+def _fsdp()->bool:
+    "Whether this process was started by `accelerate launch` with an FSDP config (which sets `ACCELERATE_USE_FSDP`)."
+    import os
+    return os.environ.get('ACCELERATE_USE_FSDP', 'false').lower() == 'true'
+
+def bnb_config(quant:str|None,         # '4bit', '8bit' or None
+               dtype=torch.bfloat16,   # the compute dtype
+               quant_storage=None,     # the dtype the packed 4-bit weights are stored as (default uint8); FSDP needs the compute dtype
+              ):
     "The `BitsAndBytesConfig` for `quant` ('4bit': NF4 + double quant; '8bit'; None), with a clear error where bitsandbytes cannot run."
     if quant is None: return None
     if quant not in ('4bit', '8bit'): raise ValueError(f"quant must be '4bit', '8bit' or None, not {quant!r}")
@@ -38,7 +46,8 @@ def bnb_config(quant:str|None, dtype=torch.bfloat16):
                            "or load the model unquantized with quant=None.") from None
     from transformers import BitsAndBytesConfig
     if quant == '8bit': return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+                              **({'bnb_4bit_quant_storage': quant_storage} if quant_storage is not None else {}))
 
 # %% ../nbs/02_models.ipynb #5c776f48
 class _HubKernelNotice(logging.Filter):
@@ -137,9 +146,10 @@ def configure_generation(model, tok):
 
 # %% ../nbs/02_models.ipynb #d6b33455
 def process_device_map(device_map='auto'):
-    "Under torchrun/accelerate (WORLD_SIZE > 1), 'auto' means the whole model on this process's device, as DDP needs; else `device_map`."
+    "Under torchrun/accelerate (WORLD_SIZE > 1), 'auto' means the whole model on this process's device, as DDP needs (on the CPU under FSDP, which shards it onto the GPUs); else `device_map`."
     import os
     if device_map != 'auto' or int(os.environ.get('WORLD_SIZE', '1')) <= 1: return device_map
+    if _fsdp(): return None
     return {'': f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else 'cpu'}
 
 # %% ../nbs/02_models.ipynb #9d762ca3
@@ -162,7 +172,7 @@ def load_model(name_or_path,                  # hub name or local folder
     tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, (str, Path)) else _load_tokenizer(tokenizer or name_or_path, trust_remote_code)
     n_before = len(tok)
     if fix_tok: fix_tokenizer(tok, template)
-    q = {'quantization_config': bnb_config(quant, dt)} if quant else {}   # none given: a checkpoint saved in 4-bit loads as saved
+    q = {'quantization_config': bnb_config(quant, dt, dt if _fsdp() else None)} if quant else {}   # none given: a checkpoint saved in 4-bit loads as saved
     try: model = AutoModelForCausalLM.from_pretrained(name_or_path, **q, dtype=dt, device_map=process_device_map(device_map),
                                                       attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kw)
     except (pickle.UnpicklingError, RuntimeError) as e:

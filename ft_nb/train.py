@@ -46,7 +46,9 @@ def sft_config(output_dir, has_eval:bool=False, **args):
     return SFTConfig(output_dir=str(output_dir), **{**SEED_DEFAULTS, **ours, **args})
 
 # %% ../nbs/07_train.ipynb #ccb9c149
-_STATE_FILES = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt', 'scaler.pt', 'rng_state.pth', 'training_args.bin')   # the Trainer's, beside the weights
+_STATE_FILES = ('trainer_state.json', 'optimizer.pt', 'scheduler.pt', 'scaler.pt', 'rng_state*.pth', 'training_args.bin',   # the Trainer's, beside the weights
+                'optimizer.bin', 'optimizer_0', 'pytorch_model_fsdp*')   # and accelerate's under FSDP (a full or a sharded state dict)
+_OPTIMIZER_FILES = ('optimizer.pt', 'optimizer.bin', 'optimizer_0')   # without FSDP; under FSDP with FULL_STATE_DICT; with SHARDED_STATE_DICT (a folder)
 
 def _why(e)->str:
     "An exception as one short line: its type and the first line of its message."
@@ -95,9 +97,11 @@ def checkpoint_problem(ckpt)->str|None:
     if not weights: return f'{ckpt} holds no weights (no adapter_model.safetensors or model.safetensors)'
     if p := next(filter(None, map(_safetensors_problem, weights)), None): return p
     if (a := ckpt/'adapter_model.safetensors').exists() and (k := _nonfinite(a)): return f'{a} holds NaN or inf ({k})'
-    for n in ('optimizer.pt', 'scheduler.pt'):
-        if not (ckpt/n).exists(): return f'{ckpt/n} is missing: the optimizer would restart from zero (a checkpoint saved with save_only_model=True cannot resume)'
-    return next(filter(None, (_torch_file_problem(ckpt/n) for n in ('optimizer.pt', 'scheduler.pt', 'rng_state.pth', 'scaler.pt') if (ckpt/n).exists())), None)
+    opt = next((ckpt/n for n in _OPTIMIZER_FILES if (ckpt/n).exists()), ckpt/'optimizer.pt')
+    for f in (opt, ckpt/'scheduler.pt'):
+        if not f.exists(): return f'{f} is missing: the optimizer would restart from zero (a checkpoint saved with save_only_model=True cannot resume)'
+    pickles = ('optimizer.pt', 'optimizer.bin', 'pytorch_model_fsdp.bin', 'scheduler.pt', 'rng_state.pth', 'scaler.pt')
+    return next(filter(None, (_torch_file_problem(ckpt/n) for n in pickles if (ckpt/n).exists())), None)
 
 def _checkpoints(output_dir)->list:
     "The `checkpoint-N` folders in `output_dir`, newest first."
@@ -347,6 +351,10 @@ def _trainer_classes()->tuple:
     from transformers.trainer import TRAINING_ARGS_NAME
     class FtNbSFTTrainer(SFTTrainer):
         "`SFTTrainer` whose checkpoints of an adapter hold what `save_adapter` saves (no whole embedding matrices when tokens were added)."
+        def save_model(self, output_dir=None, _internal_call=False):
+            "Under FSDP every process joins the gather of the sharded weights, whatever `fsdp_state_dict_type` says; the main one writes."
+            if not self.is_fsdp_enabled: return super().save_model(output_dir, _internal_call)
+            self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
         def _save(self, output_dir=None, state_dict=None):
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             if not hasattr(model, 'peft_config'): return super()._save(output_dir, state_dict)
@@ -465,15 +473,18 @@ def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_ne
     if has_eval and not failed: res.eval_loss_after = trainer.evaluate()['eval_loss']
     res.world_size = trainer.args.world_size
     if torch.cuda.is_available(): res.gpu_peak_gb = torch.cuda.max_memory_allocated() / 2**30
+    fsdp = trainer.is_fsdp_enabled   # the weights are sharded over the processes: all of them gather and generate
+    state = trainer.accelerator.get_state_dict(trainer.model) if fsdp and not failed else None
+    if sample_prompts and not failed and fsdp: res.samples = generate_samples(trainer.model, tokenizer, sample_prompts, max_new_tokens)
     if not trainer.is_world_process_zero(): return res   # under torchrun/accelerate: one process writes
     if res.stopped: trainer.ft_nb_reporter.stopped(res.stopped)
     if guards.stopped and guards.good: _adopt(guards.good, output_dir)
     elif not failed:
-        try: save_adapter(trainer.model, tokenizer, output_dir)
+        try: save_adapter(trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False), tokenizer, output_dir, state_dict=state)
         except Exception as e:
             if _disk_full(e, output_dir): raise _no_space_for_adapter(model, output_dir) from None
             raise
-    if sample_prompts and not failed: res.samples = generate_samples(trainer.model, tokenizer, sample_prompts, max_new_tokens)
+    if sample_prompts and not failed and not fsdp: res.samples = generate_samples(trainer.model, tokenizer, sample_prompts, max_new_tokens)
     text = json.dumps(res.metrics(), indent=2)
     try: write_atomic(Path(output_dir)/'metrics.json', text)
     except OSError as e:

@@ -106,7 +106,9 @@ def train_flops(cfg:dict, lengths, r:int=16, targets=TARGETS)->dict:
     Per token: the frozen linear layers (LM head included) cost 2N forward and 2N backward (gradients of their inputs;
     no weight gradients), the adapters 2n forward and 4n backward (n = LoRA parameters); attention (QK^T and AV, the full
     s x s square as MFU is usually counted) costs 4*layers*s*heads*head_dim forward and twice that backward. `usual_6n` is
-    the full fine-tuning convention (6N per token), for comparison with published MFU figures."""
+    TRL's `compute_flops_per_token` (the full fine-tuning convention, backward = 2x forward), for comparison with published MFU figures."""
+    from types import SimpleNamespace
+    from trl.trainer.utils import compute_flops_per_token
     d, L, ff, V = cfg['hidden_size'], cfg['num_hidden_layers'], cfg['intermediate_size'], cfg['vocab_size']
     h, kv = cfg['num_attention_heads'], cfg.get('num_key_value_heads') or cfg['num_attention_heads']
     hd = cfg.get('head_dim') or d // h
@@ -116,7 +118,8 @@ def train_flops(cfg:dict, lengths, r:int=16, targets=TARGETS)->dict:
     n = L * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
     tokens = sum(lengths)
     attn = sum(12 * L * s * s * h * hd for s in lengths)
-    return dict(flops=tokens * (4 * N + 6 * n) + attn, usual_6n=tokens * 6 * (N + n) + attn, linear_params=N, lora_params=n,
+    usual = sum(s * compute_flops_per_token(SimpleNamespace(**cfg), s) for s in lengths)
+    return dict(flops=tokens * (4 * N + 6 * n) + attn, usual_6n=usual, linear_params=N, lora_params=n,
                 attention_share=attn / (tokens * (4 * N + 6 * n) + attn), shapes=[*shapes.values()] * L + [(d, V)])
 
 def worker_matmul(work):
@@ -275,7 +278,7 @@ def report(res, fl, rate, n_params, n_records):
               f"{r['held_out_loss']:.3f} | {mfu(ts)} | {mfu(r['seconds'])} | {res['seed']['seconds'] / r['seconds']:.2f}x | "
               f"{res['trl']['seconds'] / r['seconds']:.2f}x | {res['bare']['train_seconds'] / r['seconds']:.2f}x |" + (f" {r['gpu_gb']:.2f} GB |" if GPU else ''))
     print(f"\nFLOPs counted: {fl['flops']:.3g} (LoRA on a frozen base: 4N + 6n per token, N = {fl['linear_params'] / 1e6:.1f}M linear parameters "
-          f"with the LM head, n = {fl['lora_params'] / 1e6:.2f}M adapter parameters, plus attention); the full fine-tuning convention (6N) would count "
+          f"with the LM head, n = {fl['lora_params'] / 1e6:.2f}M adapter parameters, plus attention); TRL's `compute_flops_per_token` (the full fine-tuning convention, 6N) would count "
           f"{fl['usual_6n']:.3g}, {fl['usual_6n'] / fl['flops']:.2f}x as many.")
 
 if __name__ == '__main__': main()

@@ -160,6 +160,7 @@ class FineTuneResult:
     best_step:int = None   # with early stopping: the step whose adapter was kept
     world_size:int = 1   # processes that trained (torchrun / accelerate launch)
     gpu_peak_gb:float = None   # torch.cuda.max_memory_allocated over the run, on a GPU
+    train_seconds:float = None   # the training loop's wall time (`trainer.train()`), without start-up, evaluation and saving
     @property
     def eos_rate(self): return sum(s['ended'] for s in self.samples) / len(self.samples) if self.samples else None
     @staticmethod
@@ -168,7 +169,7 @@ class FineTuneResult:
         return dict(train_loss=self.train_loss, steps=self.steps, eval_loss_before=self.eval_loss_before, eval_loss_after=self.eval_loss_after,
                     perplexity_before=self._ppl(self.eval_loss_before), perplexity_after=self._ppl(self.eval_loss_after),
                     eos_rate=self.eos_rate, stopped=self.stopped, world_size=self.world_size, gpu_peak_gb=self.gpu_peak_gb,
-                    samples=self.samples)
+                    train_seconds=self.train_seconds,                    samples=self.samples)
     def _repr_markdown_(self):
         m = self.metrics()
         f = lambda v: '' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
@@ -375,7 +376,7 @@ def sft_trainer_class(fused_loss='auto'):
 
 # %% ../nbs/07_train.ipynb #c2676ab2
 def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_nb_out', template=None, max_length=None,
-                  progress='auto', callbacks=None, fused_loss='auto', early_stopping_patience=None, **args):
+                  progress='auto', callbacks=None, fused_loss='auto', early_stopping_patience=None, padding_free='auto', **args):
     "The `SFTTrainer` that `finetune` runs: the data layer's rows and labels, our collator, progress and guards."
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from transformers import PrinterCallback
@@ -393,14 +394,21 @@ def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_n
                 'metric_for_best_model': 'eval_loss', 'greater_is_better': False, **args}
         early = EarlyStoppingCallback(early_stopping_patience)
     dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=_padding_free(model, padding_free))
     trainer = sft_trainer_class(fused_loss)(model=model, args=sft_config(output_dir, evals is not None, **args), train_dataset=train, eval_dataset=evals,
-                         processing_class=tokenizer, data_collator=DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
+                         processing_class=tokenizer, data_collator=collator,
                          callbacks=[guards, interrupt, reporter, *(callbacks or []), *([early] if early else [])])
     trainer.remove_callback(PrinterCallback)
     for n, p in trainer.model.named_parameters():   # TRL casts a 4-bit model's trainable weights to bf16: keep PEFT's fp32
         if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])
     trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_reporter, trainer.ft_nb_early = guards, interrupt, reporter, early
     return trainer
+
+# %% ../nbs/07_train.ipynb #4167ba21
+def _padding_free(model, padding_free='auto')->bool:
+    "Whether batches are padding-free (one row of the examples end to end, with position_ids): `'auto'` when the attention is a variable-length kernel."
+    if padding_free != 'auto': return bool(padding_free)
+    return 'flash' in str(getattr(model.config, '_attn_implementation', None) or '')
 
 # %% ../nbs/07_train.ipynb #588dd81b
 def _is_oom(e)->bool:
@@ -459,7 +467,7 @@ def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_ne
         if _is_oom(e): raise MemoryError(_oom_advice(model, trainer.args)) from e
         if _disk_full(e, output_dir): raise _no_space_in_checkpoint(model, output_dir, trainer.state.global_step) from None
         raise
-    res.train_loss, res.steps, res.stopped = out.training_loss, out.global_step, guards.stopped
+    res.train_loss, res.steps, res.stopped, res.train_seconds = out.training_loss, out.global_step, guards.stopped, out.metrics.get('train_runtime')
     if interrupt.at is not None:
         res.stopped = (f'stopped at step {interrupt.at}; resume with finetune(..., resume_from_checkpoint=True) (ft_nb train: --resume_from_checkpoint true). '
                        f"{Path(output_dir)/f'checkpoint-{interrupt.at}'} is saved; the final adapter is not written")

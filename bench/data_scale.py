@@ -13,7 +13,7 @@ tokenization costs.
 
 `--train`: seconds from the `finetune(...)` call to the end of the first optimizer step (tiny Llama, LoRA,
 `max_steps=2`, batch 4, the default length-grouped sampler) on an N-row tokenized dataset written straight to Arrow
-(random lengths 20-400), without and with the `length` column that `prepare_dataset` now writes; `--before DIR` runs the
+(random lengths 20-200), without and with the `length` column that `prepare_dataset` now writes; `--before DIR` runs the
 same with the ft_nb package found in DIR (e.g. `git archive <commit> ft_nb | tar -x -C DIR`) on the dataset without
 `length`, and each `prepare_dataset` row again with that package (marked "before").
 
@@ -123,12 +123,12 @@ def do_train(ds_dir, with_length):
     print(json.dumps(dict(first_step_s=first['t'] - t, rows=len(ds))))
 
 def tokenized(n:int, folder:Path)->Path:
-    "An `n`-row tokenized dataset (input_ids, attention_mask, labels, length; random lengths 20-400) saved to disk."
+    "An `n`-row tokenized dataset (input_ids, attention_mask, labels, length; random lengths 20-200) saved to disk."
     import datasets, numpy as np, pyarrow as pa
     d = folder/f'tokenized-{n}'
     if d.exists(): return d
     rng = np.random.default_rng(0)
-    lens = rng.integers(20, 400, n)
+    lens = rng.integers(20, 200, n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lens)]).astype(np.int32))
     ids = rng.integers(3, 40000, int(lens.sum())).astype(np.int32)
     labels = ids.copy(); labels[::3] = -100

@@ -432,7 +432,6 @@ def _file_records(path:Path, is_record=_detectable):
     if path.suffix not in readers: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_EXTS)}")
     return readers[path.suffix](path, is_record)
 
-
 # %% ../nbs/01_data.ipynb #70ea0d9f
 def _inside(root:Path, p:Path)->bool: return p.resolve().is_relative_to(root.resolve())
 
@@ -469,7 +468,6 @@ def _iter_sources(source, split:str='train', is_record=_detectable, columns=None
     elif path.is_file(): yield str(path), _file_records(path, is_record)
     elif path.suffix in _EXTS or os.sep in str(source): raise FileNotFoundError(f'{path}: no such file or folder')
     else: yield source, ((f'{source} record {i}', r) for i, r in enumerate(datasets.load_dataset(str(source), split=split, **kw)))
-
 
 # %% ../nbs/01_data.ipynb #1f79cd34
 def _stored(msgs:list[dict])->list[dict]:
@@ -552,7 +550,6 @@ def _read(source, format=None, errors='raise', split='train', columns=None, sft_
         rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
     if not rows: raise _no_rows(source, bad)
     return rows, places, bad
-
 
 # %% ../nbs/01_data.ipynb #01752604
 def load_records(source,              # file, folder, `Dataset`/`DatasetDict`, list of dicts, or hub dataset name
@@ -1161,7 +1158,6 @@ def prepare_dataset(source,                 # anything `load_records` reads
     if hit and not (errors == 'raise' and hit[1]['bad']): ds, info = hit
     else: ds, info, cache = _build(source, cache, cache_dir, format, errors, split, columns, sft_on, args, parts, num_proc, **kw)
     return _result(ds, info, errors, cache)
-
 
 # %% ../nbs/01_data.ipynb #a93a26e1
 def _build(source, cache, cache_dir, format, errors, split, columns, sft_on, args, parts, num_proc, **kw)->tuple:

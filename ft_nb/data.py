@@ -1076,10 +1076,10 @@ def _source_key(source, split:str='train', columns=None, **kw):
 def _tok_key(tok)->list:
     "What decides how `tok` tokenizes and renders, cheap to hash: its class, its fast backend as JSON, and its other attributes; not the vocabulary and merges it was built from (the backend holds them), nor what changes as it is used (as `datasets`' own hashing of tokenizers leaves out)."
     backend = getattr(tok, 'backend_tokenizer', None)
-    spec = json.loads(backend.to_str()) if backend is not None else None
-    if spec: spec.update(truncation=None, padding=None)
+    spec = backend.to_str() if backend is not None else None
+    if spec and (backend.truncation or backend.padding): spec = json.dumps({**json.loads(spec), 'truncation': None, 'padding': None})
     skip = ('_tokenizer', '_vocab', '_merges', 'cache', 'deprecation_warnings', '_in_target_context_manager')
-    return [type(tok).__qualname__, json.dumps(spec), {k: v for k, v in vars(tok).items() if k not in skip}]
+    return [type(tok).__qualname__, spec, {k: v for k, v in vars(tok).items() if k not in skip}]
 
 def _raw_schema():
     import pyarrow as pa

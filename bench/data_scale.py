@@ -177,7 +177,7 @@ def main():
         if a.train:
             print('\n| rows | ft_nb | dataset | finetune() to first optimizer step, s | peak RSS MB |\n|---|---|---|---|---|')
         for n in a.train:
-            d = tokenized(n, work)
+            child('make', n, work); d = work/f'tokenized-{n}'   # made in a child: the parent stays small, so children's peak RSS is their own
             runs = [('this', ROOT, '1'), ('this', ROOT, '0')] + ([('before', Path(a.before), '0')] if a.before else [])
             for label, path, wl in runs:
                 _, rss, out = child('train', d, wl, path=path)
@@ -187,5 +187,5 @@ def main():
 if __name__ == '__main__':
     if sys.argv[1:2] == ['--child']:
         import warnings; warnings.filterwarnings('ignore')
-        {'prepare': do_prepare, 'template': do_template, 'train': do_train}[sys.argv[2]](*sys.argv[3:])
+        {'prepare': do_prepare, 'template': do_template, 'train': do_train, 'make': lambda n, w: tokenized(int(n), Path(w))}[sys.argv[2]](*sys.argv[3:])
     else: main()

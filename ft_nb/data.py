@@ -2,7 +2,8 @@
 
 # %% ../nbs/01_data.ipynb #5d333dae
 from __future__ import annotations
-import csv, io, json, os, re, reprlib, sys, time, warnings
+import csv, io, itertools, json, os, re, reprlib, sys, time, warnings
+from array import array
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -328,8 +329,28 @@ def _parse(s:str, one_line:bool=False):
     except json.JSONDecodeError as e: return None, f"malformed JSON: {e.msg} ({'' if one_line else f'line {e.lineno}, '}column {e.colno})"
     except RecursionError: return None, 'JSON nested too deeply to read'
 
+def _json_lines(path:Path)->Iterator[tuple[str, Any]]|None:
+    "(place, record) of a UTF-8 JSON Lines file read one line at a time, when its first line is an object and another line follows (it cannot be one JSON document then); None otherwise."
+    with open(path, 'rb') as f: enc = json.detect_encoding(f.read(4))
+    if not enc.startswith('utf-8'): return None
+    f = open(path, 'rb')
+    lines = ((n, l.removesuffix(b'\n').decode(enc if n == 1 else 'utf-8', 'surrogateescape')) for n, l in enumerate(f, 1))
+    head = []
+    for n, l in lines:
+        if l.strip(): head.append((n, l))
+        if len(head) == 2: break
+    if len(head) < 2 or not isinstance(_parse(head[0][1], True)[0], dict): f.close(); return None
+    def records():
+        with f:
+            for n, l in itertools.chain(head, lines):
+                if not l.strip(): continue
+                v, e = _parse(l, True)
+                yield f'{path} line {n}', (v if e is None else RecordError(e))
+    return records()
+
 def _json_records(path:Path, is_record=_detectable)->Iterator[tuple[str, Any]]:
-    "(place, record) of a JSON file: one JSON document (an array, or an object), else JSON Lines, whose malformed lines come as `RecordError`s."
+    "(place, record) of a JSON file: one JSON document (an array, or an object), else JSON Lines (read one line at a time), whose malformed lines come as `RecordError`s."
+    if (stream := _json_lines(path)) is not None: yield from stream; return
     text = _decode(path)
     data, err = _parse(text)
     if err is None:
@@ -400,15 +421,16 @@ def _csv_records(path:Path, is_record=None)->Iterator[tuple[str, Any]]:
 def _parquet_records(path:Path, is_record=None)->Iterator[tuple[str, Any]]:
     "(place, row) of a Parquet file; a file Arrow cannot read is a `RecordError` naming it."
     import pyarrow as pa, pyarrow.parquet as pq
-    try: rows = pq.read_table(path).to_pylist()
+    try:
+        f = pq.ParquetFile(path)
+        batches = (b.to_pylist() for b in f.iter_batches(batch_size=1000))
+        yield from ((f'{path} row {i}', r) for i, r in enumerate(itertools.chain.from_iterable(batches)))
     except (pa.ArrowException, OSError) as e: raise RecordError(f'not a readable Parquet file: {_short(str(e))}', where=str(path)) from None
-    yield from ((f'{path} row {i}', r) for i, r in enumerate(rows))
 
 def _file_records(path:Path, is_record=_detectable):
     readers = {'.json': _json_records, '.jsonl': _json_records, '.csv': _csv_records, '.parquet': _parquet_records}
     if path.suffix not in readers: raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(_EXTS)}")
     return readers[path.suffix](path, is_record)
-
 
 # %% ../nbs/01_data.ipynb #70ea0d9f
 def _inside(root:Path, p:Path)->bool: return p.resolve().is_relative_to(root.resolve())
@@ -446,7 +468,6 @@ def _iter_sources(source, split:str='train', is_record=_detectable, columns=None
     elif path.is_file(): yield str(path), _file_records(path, is_record)
     elif path.suffix in _EXTS or os.sep in str(source): raise FileNotFoundError(f'{path}: no such file or folder')
     else: yield source, ((f'{source} record {i}', r) for i, r in enumerate(datasets.load_dataset(str(source), split=split, **kw)))
-
 
 # %% ../nbs/01_data.ipynb #1f79cd34
 def _stored(msgs:list[dict])->list[dict]:
@@ -488,16 +509,14 @@ def _json_text(v)->str:
     try: return json.dumps(v, default=str)
     except (ValueError, RecursionError): return _short(v)
 
-def _read(source, format=None, errors='raise', split='train', columns=None, sft_on=None, **kw):
-    "Good rows, their places, and the bad records (each a located `RecordError`)."
+def _checked(source, format=None, errors='raise', split='train', columns=None, sft_on=None, bad:list=None, **kw)->Iterator[tuple]:
+    "(place, record, messages, format, tools) of each good record of `source`, one at a time; a bad one raises (`errors='raise'`) or is appended to `bad`."
     if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
     if sft_on is not None and sft_on not in SFT_ON: raise ValueError(f'sft_on must be one of {SFT_ON} or None, not {sft_on!r}')
     prep, cmap = _prep(columns, sft_on)
     def is_record(o):
         try: return _detectable(prep(o))
         except RecordError: return False
-    drop = {'tools', 'functions', 'messages', cmap.rename.get('tools') if cmap else None}
-    rows, places, bad = [], [], []
     for name, recs in _iter_sources(source, split, is_record, columns, **kw):
         fmt = format or (cmap.format if cmap and not sft_on else None)
         try:
@@ -511,13 +530,25 @@ def _read(source, format=None, errors='raise', split='train', columns=None, sft_
                     e.where = place
                     if errors == 'raise': raise
                     bad.append(e); continue
-                row = {k: v for k, v in rec.items() if k not in drop}
-                rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
+                yield place, rec, msgs, fmt, tools
         except RecordError as e:  # the file as a whole: unreadable, or not records
             e.where = e.where or name
             if errors == 'raise': raise
             bad.append(e)
-    if not rows: raise ValueError(f'{source}: no usable records' + (f' ({len(bad)} bad; first: {bad[0]})' if bad else ''))
+
+def _no_rows(source, bad:list)->ValueError:
+    return ValueError(f'{source}: no usable records' + (f' ({len(bad)} bad; first: {bad[0]})' if bad else ''))
+
+def _read(source, format=None, errors='raise', split='train', columns=None, sft_on=None, **kw):
+    "Good rows, their places, and the bad records (each a located `RecordError`)."
+    rows, places, bad, drop = [], [], [], None
+    for place, rec, msgs, fmt, tools in _checked(source, format, errors, split, columns, sft_on, bad, **kw):
+        if drop is None:
+            cmap = _prep(columns, sft_on)[1]
+            drop = {'tools', 'functions', 'messages', cmap.rename.get('tools') if cmap else None}
+        row = {k: v for k, v in rec.items() if k not in drop}
+        rows.append({**row, 'messages': _stored(msgs), 'source_format': fmt, 'tools': json.dumps(tools) if tools else None}); places.append(place)
+    if not rows: raise _no_rows(source, bad)
     return rows, places, bad
 
 # %% ../nbs/01_data.ipynb #01752604
@@ -934,18 +965,20 @@ class PrepReport:
     dropped:Counter = field(default_factory=Counter) # reason -> rows dropped after reading
     truncated:int = 0                                # rows cut to `max_length`
     system_dropped:int = 0                           # rows whose system message the template did not render
-    lengths:list = field(default_factory=list, repr=False) # token length of each kept example
+    lengths:Any = field(default_factory=list, repr=False) # token length of each kept example (an `array('q')`: 8 bytes a row, no Python object per row)
     trained_tokens:int = 0                           # tokens with a label
     cache_file:str = None                            # where `datasets` cached the tokenized rows
 
     @property
-    def total_tokens(self): return int(sum(self.lengths))
+    def total_tokens(self):
+        import numpy as np
+        return int(np.sum(np.asarray(self.lengths, dtype=np.int64)))
     @property
     def trained_share(self): return self.trained_tokens / max(self.total_tokens, 1)
     def percentiles(self, qs=(50, 90, 95, 99, 100)):
         "Token length percentiles of the kept examples."
         import numpy as np
-        return {q: int(np.percentile(self.lengths, q)) for q in qs} if self.lengths else {}
+        return {q: int(np.percentile(self.lengths, q)) for q in qs} if len(self.lengths) else {}
 
     def summary(self)->list[tuple[str, str]]:
         rows = [('rows in', f'{self.rows_in:,}'), ('rows out', f'{self.rows_out:,}'), ('bad records', f'{len(self.bad):,}')]
@@ -958,17 +991,19 @@ class PrepReport:
 
     def plot(self, ax=None, bins=50):
         "Histogram of token lengths, with the percentiles marked."
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt, numpy as np
         if ax is None: _, ax = plt.subplots(figsize=(7, 3))
-        ax.hist(self.lengths, bins=bins, color='#4C72B0')
+        ax.hist(np.asarray(self.lengths), bins=bins, color='#4C72B0')
         for q, v in self.percentiles((50, 95)).items(): ax.axvline(v, ls='--', c='k', lw=1); ax.text(v, ax.get_ylim()[1] * 0.9, f' p{q}={v}')
         ax.set(xlabel='tokens per example', ylabel='examples', title=f'{self.rows_out:,} examples, {self.trained_share:.0%} of tokens trained')
         return ax
 
 # %% ../nbs/01_data.ipynb #d7922d3c
 def _tokenize_row(row, tok, template, train_on, max_length, truncation):
-    "Tokenize one loaded row for `datasets.map`; problems go to `status` rather than raising."
-    msgs = [{k: (json.loads(v) if k == 'tool_calls' else v) for k, v in m.items() if v is not None} for m in row['messages']]
+    "Tokenize one loaded row for `datasets.map`; problems go to `status` rather than raising; `length` is the token count the length-grouped sampler reads."
+    msgs = row['messages']
+    msgs = json.loads(msgs) if isinstance(msgs, str) else [{k: (json.loads(v) if k == 'tool_calls' else v) for k, v in m.items() if v is not None} for m in msgs]
+    msgs = [{k: v for k, v in m.items() if v is not None} for m in msgs]
     tools = json.loads(row['tools']) if row.get('tools') else None
     out = {'status': '', 'system_dropped': False, 'n_trained': 0}
     try:
@@ -977,12 +1012,12 @@ def _tokenize_row(row, tok, template, train_on, max_length, truncation):
             ex, rendered = _encode_chat(msgs, tok, chat_template(tok, template), train_on, tools)
             out['system_dropped'] = msgs[0]['role'] == 'system' and msgs[0]['content'].strip() not in rendered
     except Exception as e:
-        return {**out, 'input_ids': [], 'attention_mask': [], 'labels': [], 'status': f'template rejected the conversation: {e}'}
+        return {**out, 'input_ids': [], 'attention_mask': [], 'labels': [], 'length': 0, 'status': f'template rejected the conversation: {e}'}
     if max_length and len(ex['input_ids']) > max_length:
         if truncation == 'drop': out['status'] = f'longer than max_length={max_length}'
         else: ex, out['status'] = truncate(ex, max_length, truncation), 'truncated'
     if not out['status'].startswith('longer') and all(l == -100 for l in ex['labels']): out['status'] = 'no trained token left after truncation'
-    return {**out, **ex, 'n_trained': sum(l != -100 for l in ex['labels'])}
+    return {**out, **ex, 'length': len(ex['input_ids']), 'n_trained': sum(l != -100 for l in ex['labels'])}
 
 # %% ../nbs/01_data.ipynb #6f22c7af
 _STALE = 3600  # seconds after which a temporary file in a cache folder is a killed run's leftover, not a live write
@@ -1017,6 +1052,82 @@ def _map_cached(raw:datasets.Dataset, cache:str, **kw)->datasets.Dataset:
     _clear_cache(cache)
     return run()
 
+# %% ../nbs/01_data.ipynb #282e76f7
+def _source_files(source, columns=None)->list[Path]|None:
+    "The files `_iter_sources` would read for a file or folder `source` (None for anything else), found without reading them."
+    if not isinstance(source, (str, Path)): return None
+    path = Path(source).expanduser()
+    if path.is_dir() and (entry := _entry_file(path, columns)): path = entry
+    if path.is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return _folder_files(path)
+    return [path] if path.is_file() else None
+
+def _source_key(source, split:str='train', columns=None, **kw):
+    "What identifies `source`'s records: each file's resolved path, size and mtime_ns (nothing is read); a `Dataset`'s fingerprint; a list's content; None when only its records can tell (a hub name)."
+    if files := _source_files(source, columns):
+        return ['files', [(str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns) for p in files]]
+    if isinstance(source, datasets.DatasetDict) and split in source: source = source[split]
+    if isinstance(source, datasets.Dataset): return ['dataset', source._fingerprint]
+    if isinstance(source, (list, tuple)): return ['records', source]
+    return None
+
+def _tok_key(tok)->list:
+    "What decides how `tok` tokenizes and renders, cheap to hash: its class, its fast backend as JSON, and its other attributes; not the vocabulary and merges it was built from (the backend holds them), nor what changes as it is used (as `datasets`' own hashing of tokenizers leaves out)."
+    backend = getattr(tok, 'backend_tokenizer', None)
+    spec = backend.to_str() if backend is not None else None
+    if spec and (backend.truncation or backend.padding): spec = json.dumps({**json.loads(spec), 'truncation': None, 'padding': None})
+    skip = ('_tokenizer', '_vocab', '_merges', 'cache', 'deprecation_warnings', '_in_target_context_manager')
+    return [type(tok).__qualname__, spec, {k: v for k, v in vars(tok).items() if k not in skip}]
+
+def _raw_schema():
+    import pyarrow as pa
+    return pa.schema([(k, pa.string()) for k in ('place', 'messages', 'source_format', 'tools')])
+
+def _write_raw(recs:Iterable, path:Path, batch:int=1000)->tuple:
+    "Write the checked records `recs` to the Arrow file `path`, `batch` rows at a time; (rows, place of the first with tool definitions, of the first with tool calls)."
+    import pyarrow as pa
+    schema, n, defs, calls = _raw_schema(), 0, None, None
+    cols = {k: [] for k in schema.names}
+    def flush(w):
+        if cols['place']: w.write_batch(pa.record_batch([pa.array(cols[k], pa.string()) for k in schema.names], schema=schema))
+        for v in cols.values(): v.clear()
+    with pa.OSFile(str(path), 'wb') as f, pa.ipc.new_stream(f, schema) as w:
+        for place, _, msgs, fmt, tools in recs:
+            if tools and defs is None: defs = place
+            if calls is None and any(m.get('tool_calls') for m in msgs): calls = place
+            for k, v in zip(schema.names, (place, json.dumps(msgs), fmt, json.dumps(tools) if tools else None)): cols[k].append(v)
+            n += 1
+            if n % batch == 0: flush(w)
+        flush(w)
+    return n, defs, calls
+
+def _save_report(cache:str, ds:datasets.Dataset, rows_in:int, bad:list, template_error):
+    "Write what a cached call needs beside `cache` (the files of the tokenized rows, rows in, bad records), atomically: the last file of a complete cache."
+    files = [Path(f['filename']).name for f in ds.cache_files]
+    info = dict(files=files, rows=len(ds), rows_in=rows_in, bad=[[e.reason, e.field, e.where] for e in bad], template_error=template_error)
+    tmp = Path(cache).parent/f'report-{os.getpid()}.tmp'
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, Path(cache).parent/'tokenized.json')
+    return info
+
+def _load_cached(cache:str)->tuple|None:
+    "(tokenized rows, saved report) of a complete cache in the folder of `cache`, None when there is none; one that cannot be read, or holds another number of rows, is deleted (with a warning)."
+    import pyarrow as pa
+    _clear_cache(cache, stale_only=True)
+    saved = Path(cache).parent/'tokenized.json'
+    if not saved.exists(): return None
+    try:
+        info = json.loads(saved.read_text())
+        parts = [datasets.Dataset.from_file(str(saved.parent/f)) for f in info['files']]
+        ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        if len(ds) == info['rows'] and {'input_ids', 'labels', 'status', 'length'} <= set(ds.column_names): return ds, info
+        why = f"{len(ds)} rows for {info['rows']}"
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as e: why = _short(str(e))
+    warnings.warn(f'the cache {cache} was incomplete or unreadable ({why}): rebuilding it')
+    _clear_cache(cache)
+    return None
 
 # %% ../nbs/01_data.ipynb #045d4fe1
 def prepare_dataset(source,                 # anything `load_records` reads
@@ -1033,27 +1144,75 @@ def prepare_dataset(source,                 # anything `load_records` reads
                     columns:dict=None,      # a LLaMA-Factory `dataset_info.json` entry, or its `columns` (see `ColumnMap`)
                     sft_on:str=None,        # 'chosen': train preference data on its chosen replies
                     **kw                    # passed to `datasets.load_dataset` for hub names
-                   )->tuple:                # (`Dataset` of input_ids/attention_mask/labels, `PrepReport`)
+                   )->tuple:                # (`Dataset` of input_ids/attention_mask/labels/length, `PrepReport`)
     "Load, validate and tokenize `source` with exact loss masks, without padding; returns the dataset and a report."
     if truncation not in ('right', 'left', 'drop'): raise ValueError(f"truncation must be 'right', 'left' or 'drop', not {truncation!r}")
     if train_on not in TRAIN_ON: raise ValueError(f'train_on must be one of {TRAIN_ON}, not {train_on!r}')
+    if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+    if sft_on is not None and sft_on not in SFT_ON: raise ValueError(f'sft_on must be one of {SFT_ON} or None, not {sft_on!r}')
     fix_tokenizer(tokenizer, template)
-    rows, places, bad = _read(source, format, errors, split, columns, sft_on, **kw)
-    defs, calls = (next((i for i, r in enumerate(rows) if f(r)), None) for f in (lambda r: r.get('tools'), lambda r: any(m.get('tool_calls') for m in r['messages'])))
-    if defs is not None or calls is not None:
-        _check_tools(tokenizer, chat_template(tokenizer, template), defs is not None, calls is not None, f'{places[defs if defs is not None else calls]}: ')
-    raw = _dataset(rows)
     args = dict(tok=tokenizer, template=template, train_on=train_on, max_length=max_length, truncation=truncation)
-    cache = _cache_file(cache_dir, rows, args, columns, sft_on)
-    ds = _map_cached(raw, cache, fn_kwargs=args, num_proc=num_proc)
-    status = ds['status']
-    if errors == 'raise':
-        if (i := next((i for i, s in enumerate(status) if s.startswith('template')), None)) is not None:
-            raise RecordError(status[i].split(': ', 1)[1], 'messages', places[i])
-    keep = [i for i, s in enumerate(status) if s in ('', 'truncated')]
-    rep = PrepReport(len(rows) + len(bad), len(keep), bad, Counter(s.split(':')[0] for s in status if s not in ('', 'truncated')),
-                     status.count('truncated'), sum(ds['system_dropped']), cache_file=cache)
+    key, parts = _source_key(source, split, columns, **kw), [{**args, 'tok': _tok_key(tokenizer)}, columns, sft_on, format]
+    cache = _cache_file(cache_dir, key, *parts) if key is not None else None
+    hit = _load_cached(cache) if cache else None
+    if hit and not (errors == 'raise' and hit[1]['bad']): ds, info = hit
+    else: ds, info, cache = _build(source, cache, cache_dir, format, errors, split, columns, sft_on, args, parts, num_proc, **kw)
+    return _result(ds, info, errors, cache)
+
+# %% ../nbs/01_data.ipynb #a93a26e1
+def _build(source, cache, cache_dir, format, errors, split, columns, sft_on, args, parts, num_proc, **kw)->tuple:
+    "(tokenized rows, saved report, cache file): the records of `source` read and checked one at a time into an Arrow file, then tokenized by `datasets.map`."
+    bad = []
+    recs = _checked(source, format, errors, split, columns, sft_on, bad, **kw)
+    folder = Path(cache).parent if cache else Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE)/'ft_nb')
+    folder.mkdir(parents=True, exist_ok=True)
+    raw_file = folder/f'raw-{os.getpid()}-{time.monotonic_ns()}.arrow'
+    try:
+        n, defs, calls = _write_raw(recs, raw_file)
+        if not n: raise _no_rows(source, bad)
+        if defs or calls: _check_tools(args['tok'], chat_template(args['tok'], args['template']), bool(defs), bool(calls), f'{defs or calls}: ')
+        if cache is None: cache = _cache_file(cache_dir, ['raw', _file_hash(raw_file)], *parts)
+        raw = datasets.Dataset.from_file(str(raw_file))
+        ds = _map_cached(raw, cache, fn_kwargs=args, num_proc=num_proc, new_fingerprint=Path(cache).parent.name.split('-')[-1])  # the key: the same bytes on a rebuild
+        i = _first_template_error(ds)
+        info = _save_report(cache, ds, n + len(bad), bad, None if i is None else raw[i]['place'])
+    finally:
+        raw_file.unlink(missing_ok=True)
+    return ds, info, cache
+
+def _file_hash(path:Path)->str:
+    "The SHA-256 of the file `path`, read 1 MiB at a time."
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while b := f.read(2**20): h.update(b)
+    return h.hexdigest()
+
+def _first_template_error(ds)->int|None:
+    "Index of the first row the chat template rejected, or None."
+    import pyarrow.compute as pc
+    i = pc.index(pc.starts_with(ds.data.column('status'), 'template'), True).as_py()
+    return None if i < 0 else i
+
+def _result(ds:datasets.Dataset, info:dict, errors:str, cache:str)->tuple:
+    "The kept rows and the `PrepReport` of the tokenized rows `ds`, figured with Arrow (no Python object per row)."
+    import numpy as np, pyarrow as pa, pyarrow.compute as pc
+    t = ds.data
+    status = t.column('status')
+    if errors == 'raise' and info['template_error']:
+        i = _first_template_error(ds)
+        raise RecordError(status[i].as_py().split(': ', 1)[1], 'messages', info['template_error'])
+    dropped, truncated = Counter(), 0
+    for o in pc.value_counts(status).to_pylist():
+        if o['values'] == 'truncated': truncated = o['counts']
+        elif o['values']: dropped[o['values'].split(':')[0]] += o['counts']
+    bad = [RecordError(*e) for e in info['bad']]
+    keep = pc.is_in(status, value_set=pa.array(['', 'truncated'])).to_numpy(zero_copy_only=False)
+    kept = None if keep.all() else np.flatnonzero(keep)
+    lengths, n_trained = (t.column(c).to_numpy().astype(np.int64) for c in ('length', 'n_trained'))
+    if kept is not None: lengths, n_trained = lengths[kept], n_trained[kept]
+    rep = PrepReport(info['rows_in'], len(lengths), bad, dropped, truncated, int(pc.sum(t.column('system_dropped')).as_py() or 0),
+                     array('q', lengths.tobytes()), int(n_trained.sum()), cache_file=cache)
     if rep.system_dropped: warnings.warn(f'the chat template did not render the system message of {rep.system_dropped} rows')
-    out = ds.select(keep) if len(keep) < len(ds) else ds
-    rep.lengths, rep.trained_tokens = [len(o) for o in out['attention_mask']], sum(out['n_trained'])
+    out = ds if kept is None else ds.select(kept, keep_in_memory=True)
     return out.remove_columns(['status', 'system_dropped', 'n_trained']), rep

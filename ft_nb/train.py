@@ -344,6 +344,14 @@ def _tokenized(data, tok, template, max_length):
     return prepare_dataset(data, tok, template=template, max_length=max_length)[0]
 
 # %% ../nbs/07_train.ipynb #265b26ba
+def _has_lengths(ds)->bool:
+    import datasets
+    return isinstance(ds, datasets.Dataset) and 'length' in ds.column_names
+
+def _lengths(ds)->list[int]:
+    "The `length` column of the tokenized rows `ds`, read as one Arrow column (its indices mapping applied), not row by row."
+    return ds.select_columns(['length']).with_format('arrow')[:]['length'].to_numpy().tolist()
+
 @functools.cache
 def _trainer_classes()->tuple:
     "Our two `SFTTrainer` subclasses, made once (trl is imported only when a trainer is built)."
@@ -363,6 +371,13 @@ def _trainer_classes()->tuple:
             output_dir = output_dir or self.args.output_dir
             save_adapter(model, self.processing_class, output_dir, state_dict=state_dict)
             torch.save(self.args, Path(output_dir)/TRAINING_ARGS_NAME)
+        def _get_train_sampler(self, train_dataset=None):
+            "Length-grouped batches whose lengths come from the data layer's `length` column, read with Arrow, rather than from a pass in Python over every row."
+            ds = self.train_dataset
+            if self.args.train_sampling_strategy != 'group_by_length' or not _has_lengths(ds) or len(train_dataset if train_dataset is not None else ds) != len(ds):
+                return super()._get_train_sampler(train_dataset)
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=_lengths(ds))
     class ModelLossSFTTrainer(FtNbSFTTrainer):
         "`FtNbSFTTrainer` with `Trainer`'s loss: the model's own, normalised by `num_items_in_batch` (no entropy/accuracy metrics)."
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

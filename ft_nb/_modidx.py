@@ -326,12 +326,9 @@ d = { 'settings': { 'branch': 'main',
                              'ft_nb.train.build_trainer': ('train.html#build_trainer', 'ft_nb/train.py'),
                              'ft_nb.train.checkpoint_problem': ('train.html#checkpoint_problem', 'ft_nb/train.py'),
                              'ft_nb.train.finetune': ('train.html#finetune', 'ft_nb/train.py'),
-                             'ft_nb.train.keeps_trained_logits': ('train.html#keeps_trained_logits', 'ft_nb/train.py'),
                              'ft_nb.train.last_checkpoint': ('train.html#last_checkpoint', 'ft_nb/train.py'),
                              'ft_nb.train.output_lock': ('train.html#output_lock', 'ft_nb/train.py'),
                              'ft_nb.train.resume_point': ('train.html#resume_point', 'ft_nb/train.py'),
                              'ft_nb.train.save_adapter': ('train.html#save_adapter', 'ft_nb/train.py'),
                              'ft_nb.train.sft_config': ('train.html#sft_config', 'ft_nb/train.py'),
-                             'ft_nb.train.sft_trainer_class': ('train.html#sft_trainer_class', 'ft_nb/train.py'),
-                             'ft_nb.train.trained_positions': ('train.html#trained_positions', 'ft_nb/train.py'),
-                             'ft_nb.train.trained_positions_loss': ('train.html#trained_positions_loss', 'ft_nb/train.py')}}}
+                             'ft_nb.train.sft_trainer_class': ('train.html#sft_trainer_class', 'ft_nb/train.py')}}}

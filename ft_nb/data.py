@@ -1031,8 +1031,9 @@ def _cache_file(cache_dir, *parts)->str:
     return str(d/'tokenized.arrow')
 
 def _clear_cache(cache:str, stale_only:bool=False):
-    "Delete the files of the cache folder of `cache` (only temporary files older than `_STALE` seconds, when `stale_only`)."
-    for p in Path(cache).parent.iterdir():
+    "Delete the files of the cache folder of `cache`; when `stale_only`, only temporary files older than `_STALE` seconds, in every cache folder beside it (a killed run keyed otherwise left them there)."
+    folder = Path(cache).parent
+    for p in (folder.parent.glob('tokenized-*/*') if stale_only else folder.iterdir()):
         if not p.is_file(): continue
         if stale_only and (p.name.startswith('tokenized') or time.time() - p.stat().st_mtime < _STALE): continue
         p.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 # %% ../nbs/07_train.ipynb #fba84b4d
 from __future__ import annotations
-import difflib, errno, functools, inspect, json, math, os, pickle, re, shutil, signal, socket, sys, threading, time, warnings
+import difflib, errno, functools, json, math, os, pickle, re, shutil, signal, socket, sys, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,7 @@ from .progress import reporter_for, write_atomic
 
 # %% auto #0
 __all__ = ['SEED_DEFAULTS', 'LOCK', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards', 'FineTuneResult',
-           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'trained_positions', 'trained_positions_loss',
-           'keeps_trained_logits', 'sft_trainer_class', 'build_trainer', 'finetune']
+           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'sft_trainer_class', 'build_trainer', 'finetune']
 
 # %% ../nbs/07_train.ipynb #fa026d91
 SEED_DEFAULTS = dict(num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4,
@@ -344,26 +343,6 @@ def _tokenized(data, tok, template, max_length):
     if isinstance(data, datasets.Dataset) and {'input_ids', 'labels'} <= set(data.column_names): return data
     return prepare_dataset(data, tok, template=template, max_length=max_length)[0]
 
-# %% ../nbs/07_train.ipynb #f96c10c6
-def trained_positions(labels:torch.Tensor)->torch.Tensor:
-    "Boolean mask of the positions whose next token has a label: the only logits the loss needs."
-    m = torch.zeros_like(labels, dtype=torch.bool)
-    m[:, :-1] = labels[:, 1:] != -100
-    return m
-
-def trained_positions_loss(outputs, labels, num_items_in_batch=None):
-    "Summed cross-entropy of the logits kept at `trained_positions(labels)` (row-major, as transformers flattens them), over `num_items_in_batch`."
-    targets = labels[:, 1:][labels[:, 1:] != -100]
-    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction='sum')
-    return loss / (num_items_in_batch if num_items_in_batch is not None else max(len(targets), 1))
-
-def keeps_trained_logits(model, inputs)->bool:
-    "Whether `model`'s forward can return only the trained positions' logits: a causal LM whose head slices with transformers' `slice_logits_to_keep`, no virtual tokens."
-    if not isinstance(inputs.get('labels'), torch.Tensor) or inputs['labels'].ndim != 2: return False
-    if any(getattr(c, 'is_prompt_learning', False) for c in getattr(model, 'peft_config', {}).values()): return False
-    lm = model.get_base_model() if hasattr(model, 'get_base_model') else model
-    return hasattr(sys.modules.get(type(lm).__module__), 'slice_logits_to_keep') and 'logits_to_keep' in inspect.signature(type(lm).forward).parameters
-
 # %% ../nbs/07_train.ipynb #265b26ba
 def _has_lengths(ds)->bool:
     import datasets
@@ -400,11 +379,8 @@ def _trainer_classes()->tuple:
             from transformers.trainer_pt_utils import LengthGroupedSampler
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=_lengths(ds))
     class ModelLossSFTTrainer(FtNbSFTTrainer):
-        "`FtNbSFTTrainer` with `Trainer`'s loss normalised by `num_items_in_batch`, the model's LM head run only where a label is set (no entropy/accuracy metrics)."
+        "`FtNbSFTTrainer` with `Trainer`'s loss: the model's own, normalised by `num_items_in_batch` (no entropy/accuracy metrics)."
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            trained = not return_outputs and keeps_trained_logits(self.accelerator.unwrap_model(model), inputs)
-            self.compute_loss_func = trained_positions_loss if trained else None
-            if trained: inputs = {**inputs, 'logits_to_keep': trained_positions(inputs['labels'])}
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
     return FtNbSFTTrainer, ModelLossSFTTrainer
 

@@ -24,6 +24,8 @@ import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT/'bench'))
+from throughput import run_process   # wall seconds, peak RSS and stdout of one child process
 DATA = ROOT.parent/'shared'/'data'
 SCALES = (0.5, 1, 1.5, 2, 3)
 
@@ -68,15 +70,6 @@ def write(name:str, n:int, fmt:str, folder:Path)->Path:
     if buf: w.write_table(pa.Table.from_pylist(buf))
     w.close()
     return p
-
-def run_process(cmd, **kw):
-    "Wall seconds, peak RSS (MB) and stdout of one child process."
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **kw)
-    out = p.stdout.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    if code := os.waitstatus_to_exitcode(status): sys.exit(f'{cmd} failed with {code}')
-    return time.perf_counter() - t, ru.ru_maxrss / 1024, out
 
 def child(*args, path=ROOT):
     env = {**os.environ, 'PYTHONPATH': f'{path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}', 'TOKENIZERS_PARALLELISM': 'false', 'HF_DATASETS_DISABLE_PROGRESS_BARS': '1'}

@@ -66,10 +66,11 @@ def _demo_parser(sub):
 # %% ../nbs/10_cli.ipynb #c6fbd2bd
 def _merge(a)->int:
     from transformers.utils import logging as hf_logging
-    from ft_nb.merge import merge_adapter
+    from ft_nb.merge import MergeError, merge_adapter
     hf_logging.disable_progress_bar()
-    rep = merge_adapter(a.adapter, a.out, base=a.base, dtype=a.dtype, mode=a.mode, overwrite=a.overwrite, check_4bit=a.check_4bit,
-                        tolerance=a.tolerance, allow_pickle=a.allow_pickle)
+    try: rep = merge_adapter(a.adapter, a.out, base=a.base, dtype=a.dtype, mode=a.mode, overwrite=a.overwrite, check_4bit=a.check_4bit,
+                             tolerance=a.tolerance, allow_pickle=a.allow_pickle)
+    except MergeError as e: print(f'ft_nb merge: {e}', file=sys.stderr); return 1   # the figures say why: no traceback
     print(rep)
     return 0
 

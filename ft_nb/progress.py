@@ -8,8 +8,8 @@ import ft_nb.models   # first: it filters a bitsandbytes notice that importing t
 from transformers import TrainerCallback
 
 # %% auto #0
-__all__ = ['plot_history', 'write_atomic', 'Reporter', 'ConsoleReporter', 'figure_png', 'NotebookReporter', 'in_notebook',
-           'reporter_for']
+__all__ = ['plot_history', 'plot_loss', 'write_atomic', 'Reporter', 'ConsoleReporter', 'figure_png', 'NotebookReporter',
+           'in_notebook', 'reporter_for']
 
 # %% ../nbs/06_progress.ipynb #1edb42b3
 def plot_history(history:list[dict], ax=None):
@@ -35,6 +35,12 @@ def plot_history(history:list[dict], ax=None):
     ax.figure.tight_layout()
     return ax
 
+def plot_loss(history:list[dict], fig):
+    "`plot_history` on `fig`, cleared first: what a reporter draws by default."
+    fig.clear()
+    fig.set_size_inches(7, 3.2)
+    return plot_history(history, fig.subplots())
+
 # %% ../nbs/06_progress.ipynb #7df95bfa
 def write_atomic(path,   # the file to write
                  data,   # its contents: str or bytes
@@ -51,8 +57,10 @@ def write_atomic(path,   # the file to write
 # %% ../nbs/06_progress.ipynb #5fb7e800
 class Reporter(TrainerCallback):
     "Records every log of a `Trainer` run; subclasses draw. Saves `loss.png` at the end. Only the main process draws and saves."
-    def __init__(self, output_dir=None):
-        self.output_dir, self.history, self.total, self.step, self.main = output_dir, [], 0, 0, True
+    keys = ('loss', 'eval_loss', 'learning_rate', 'grad_norm', 'epoch')   # what a log line and the panel's table show, where logged
+    def __init__(self, output_dir=None,
+                 plot=None):   # draws the history on a matplotlib `Figure`: `plot(history, fig)`; default `plot_loss`
+        self.output_dir, self.history, self.total, self.step, self.main, self.plot = output_dir, [], 0, 0, True, plot or plot_loss
     def on_train_begin(self, args, state, control, **kw):
         self.total, self.output_dir = state.max_steps, self.output_dir or args.output_dir
         self.main = getattr(state, 'is_world_process_zero', True)   # under torchrun/accelerate, one panel and one loss.png
@@ -74,15 +82,17 @@ class Reporter(TrainerCallback):
             free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.exists() else 0
             warnings.warn(f'{path} not written ({e}; {free:.1f} MB free there): the run goes on. Reporter.save_plot(path) writes it again')
     def save_plot(self, path):
-        "Write the loss/learning-rate plot to `path` (PNG), whole or not at all."
+        "Write the plot to `path` (PNG), whole or not at all."
         import io
-        ax = plot_history(self.history)
+        from matplotlib.figure import Figure
+        fig = Figure()
+        self.plot(self.history, fig)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
-        ax.figure.savefig(buf, format='png', dpi=100)
+        fig.savefig(buf, format='png', dpi=100)
         return write_atomic(path, buf.getvalue())
     def metrics_row(self, row:dict)->str:
-        keys = [k for k in ('loss', 'eval_loss', 'learning_rate', 'grad_norm', 'epoch') if k in row]
+        keys = [k for k in self.keys if k in row]
         return '  '.join(f'{k} {row[k]:.4g}' for k in keys)
     def begin(self): pass
     def update(self): pass
@@ -121,8 +131,7 @@ class NotebookReporter(Reporter):
         from matplotlib.figure import Figure
         self.bar = w.IntProgress(min=0, max=max(self.total, 1), description='training', layout=w.Layout(width='60%'))
         self.label, self.note, self.table, self.out = w.HTML(), w.HTML(), w.HTML(), w.Output()
-        self.fig = Figure(figsize=(7, 3.2))
-        self.ax = self.fig.subplots()
+        self.fig = Figure()
         self.panel = w.VBox([w.HBox([self.bar, self.label]), self.note, self.table, self.out])
         display(self.panel)
     def update(self):
@@ -131,14 +140,14 @@ class NotebookReporter(Reporter):
     def log(self, row):
         if not hasattr(self, 'panel'): return   # an evaluation before training: shown in the table once the panel exists
         rows = [h for h in self.history if 'loss' in h or 'eval_loss' in h][-8:]   # not the run's closing summary row
-        keys = [k for k in ('step', 'loss', 'eval_loss', 'learning_rate', 'epoch') if any(k in h for h in rows)]
+        keys = [k for k in ('step', *self.keys) if k != 'grad_norm' and any(k in h for h in rows)]
         cell = lambda v: '' if v is None else f'{v:.4g}' if isinstance(v, float) else str(v)
         self.table.value = ('<table><tr>' + ''.join(f'<th>{k}</th>' for k in keys) + '</tr>'
                             + ''.join('<tr>' + ''.join(f'<td>{cell(h.get(k))}</td>' for k in keys) + '</tr>' for h in rows) + '</table>')
         self.redraw()
     def redraw(self):
         from IPython.display import display
-        plot_history(self.history, self.ax)
+        self.plot(self.history, self.fig)
         with self.out:
             self.out.clear_output(wait=True)
             display(figure_png(self.fig))
@@ -147,7 +156,7 @@ class NotebookReporter(Reporter):
         from IPython.display import display
         if self.bar.bar_style != 'warning': self.bar.bar_style = 'success'
         self.out.clear_output()
-        plot_history(self.history, self.ax)
+        self.plot(self.history, self.fig)
         display(figure_png(self.fig))
     def stopped(self, why):
         "Say in the panel why the run ended early and how to go on; the bar turns orange."
@@ -165,13 +174,18 @@ def in_notebook()->bool:
     return ip is not None and hasattr(ip, 'kernel')
 
 # %% ../nbs/06_progress.ipynb #d53bfccd
-def reporter_for(progress:str='auto', output_dir=None)->Reporter:
+def reporter_for(progress:str='auto', output_dir=None,
+                 plot=None,   # `plot(history, fig)`; default `plot_loss`
+                 keys=None,   # the logged figures a line and the table show; default `Reporter.keys`
+                )->Reporter:
     "The reporter for `progress`: 'auto', 'notebook', 'console' or 'none'."
     if progress not in ('auto', 'notebook', 'console', 'none'): raise ValueError(f"progress must be 'auto', 'notebook', 'console' or 'none', not {progress!r}")
-    if progress == 'none': return Reporter(output_dir)
+    cls = Reporter if progress == 'none' else ConsoleReporter
     if progress == 'notebook' or (progress == 'auto' and in_notebook()):
         try:
             import ipywidgets  # noqa: F401
-            return NotebookReporter(output_dir)
+            cls = NotebookReporter
         except ImportError as e: warnings.warn(f'ipywidgets cannot be imported ({e}): showing progress in the console instead')
-    return ConsoleReporter(output_dir)
+    rep = cls(output_dir, plot)
+    if keys: rep.keys = tuple(keys)
+    return rep

@@ -2,7 +2,7 @@
 
 # %% ../nbs/07_train.ipynb #fba84b4d
 from __future__ import annotations
-import difflib, errno, functools, json, math, os, pickle, re, shutil, signal, socket, sys, threading, time, warnings
+import difflib, errno, functools, inspect, json, math, os, pickle, re, shutil, signal, socket, sys, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,9 @@ from .progress import reporter_for, write_atomic
 
 # %% auto #0
 __all__ = ['SEED_DEFAULTS', 'LOCK', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards', 'FineTuneResult',
-           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'sft_trainer_class', 'build_trainer', 'finetune']
+           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'trained_positions', 'trained_positions_loss',
+           'keeps_trained_logits', 'AdapterCheckpoints', 'sft_trainer_class', 'trainable_dtypes', 'keep_dtypes',
+           'build_trainer', 'finetune']
 
 # %% ../nbs/07_train.ipynb #fa026d91
 SEED_DEFAULTS = dict(num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4,
@@ -161,6 +163,9 @@ class FineTuneResult:
     world_size:int = 1   # processes that trained (torchrun / accelerate launch)
     gpu_peak_gb:float = None   # torch.cuda.max_memory_allocated over the run, on a GPU
     train_seconds:float = None   # the training loop's wall time (`trainer.train()`), without start-up, evaluation and saving
+    def record_eval(self, m:dict, when:str):
+        "Keep what an evaluation `m` (`trainer.evaluate()`) says, `when` is 'before' or 'after' training."
+        setattr(self, f'eval_loss_{when}', m.get('eval_loss'))
     @property
     def eos_rate(self): return sum(s['ended'] for s in self.samples) / len(self.samples) if self.samples else None
     @staticmethod
@@ -195,6 +200,7 @@ def save_adapter(model, tok, output_dir, state_dict=None):
     out = Path(output_dir)
     tmp = _staging(out)
     kw = {'save_embedding_layers': False} if hasattr(model, 'peft_config') and getattr(model, 'ft_nb_new_token_ids', None) else {}
+    if len(getattr(model, 'peft_config', {})) > 1: kw['selected_adapters'] = [model.active_adapter]   # not a frozen copy kept beside it (a preference run's reference)
     try:
         model.save_pretrained(tmp, state_dict=state_dict, **kw)
         tok.save_pretrained(tmp)
@@ -343,6 +349,26 @@ def _tokenized(data, tok, template, max_length):
     if isinstance(data, datasets.Dataset) and {'input_ids', 'labels'} <= set(data.column_names): return data
     return prepare_dataset(data, tok, template=template, max_length=max_length)[0]
 
+# %% ../nbs/07_train.ipynb #f96c10c6
+def trained_positions(labels:torch.Tensor)->torch.Tensor:
+    "Boolean mask of the positions whose next token has a label: the only logits the loss needs."
+    m = torch.zeros_like(labels, dtype=torch.bool)
+    m[:, :-1] = labels[:, 1:] != -100
+    return m
+
+def trained_positions_loss(outputs, labels, num_items_in_batch=None):
+    "Summed cross-entropy of the logits kept at `trained_positions(labels)` (row-major, as transformers flattens them), over `num_items_in_batch`."
+    targets = labels[:, 1:][labels[:, 1:] != -100]
+    loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction='sum')
+    return loss / (num_items_in_batch if num_items_in_batch is not None else max(len(targets), 1))
+
+def keeps_trained_logits(model, inputs)->bool:
+    "Whether `model`'s forward can return only the trained positions' logits: a causal LM whose head slices with transformers' `slice_logits_to_keep`, no virtual tokens."
+    if not isinstance(inputs.get('labels'), torch.Tensor) or inputs['labels'].ndim != 2: return False
+    if any(getattr(c, 'is_prompt_learning', False) for c in getattr(model, 'peft_config', {}).values()): return False
+    lm = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    return hasattr(sys.modules.get(type(lm).__module__), 'slice_logits_to_keep') and 'logits_to_keep' in inspect.signature(type(lm).forward).parameters
+
 # %% ../nbs/07_train.ipynb #265b26ba
 def _has_lengths(ds)->bool:
     import datasets
@@ -352,35 +378,41 @@ def _lengths(ds)->list[int]:
     "The `length` column of the tokenized rows `ds`, read as one Arrow column (its indices mapping applied), not row by row."
     return ds.select_columns(['length']).with_format('arrow')[:]['length'].to_numpy().tolist()
 
+class AdapterCheckpoints:
+    "Mixed into a TRL trainer: an adapter's checkpoints hold what `save_adapter` saves (the trained adapter only, no whole embedding matrices when tokens were added); FSDP's gather is joined by every process; length-grouped batches read the `length` column with Arrow."
+    def save_model(self, output_dir=None, _internal_call=False):
+        "Under FSDP every process joins the gather of the sharded weights, whatever `fsdp_state_dict_type` says; the main one writes."
+        if not self.is_fsdp_enabled: return super().save_model(output_dir, _internal_call)
+        self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
+    def _save(self, output_dir=None, state_dict=None):
+        from transformers.trainer import TRAINING_ARGS_NAME
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not hasattr(model, 'peft_config'): return super()._save(output_dir, state_dict)
+        if not self.args.should_save: return
+        output_dir = output_dir or self.args.output_dir
+        save_adapter(model, self.processing_class, output_dir, state_dict=state_dict)
+        torch.save(self.args, Path(output_dir)/TRAINING_ARGS_NAME)
+    def _get_train_sampler(self, train_dataset=None):
+        "Length-grouped batches whose lengths come from the data layer's `length` column, read with Arrow, rather than from a pass in Python over every row."
+        ds = self.train_dataset
+        if self.args.train_sampling_strategy != 'group_by_length' or not _has_lengths(ds) or len(train_dataset if train_dataset is not None else ds) != len(ds):
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=_lengths(ds))
+
 @functools.cache
 def _trainer_classes()->tuple:
     "Our two `SFTTrainer` subclasses, made once (trl is imported only when a trainer is built)."
     from trl import SFTTrainer
     from transformers import Trainer
-    from transformers.trainer import TRAINING_ARGS_NAME
-    class FtNbSFTTrainer(SFTTrainer):
+    class FtNbSFTTrainer(AdapterCheckpoints, SFTTrainer):
         "`SFTTrainer` whose checkpoints of an adapter hold what `save_adapter` saves (no whole embedding matrices when tokens were added)."
-        def save_model(self, output_dir=None, _internal_call=False):
-            "Under FSDP every process joins the gather of the sharded weights, whatever `fsdp_state_dict_type` says; the main one writes."
-            if not self.is_fsdp_enabled: return super().save_model(output_dir, _internal_call)
-            self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
-        def _save(self, output_dir=None, state_dict=None):
-            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            if not hasattr(model, 'peft_config'): return super()._save(output_dir, state_dict)
-            if not self.args.should_save: return
-            output_dir = output_dir or self.args.output_dir
-            save_adapter(model, self.processing_class, output_dir, state_dict=state_dict)
-            torch.save(self.args, Path(output_dir)/TRAINING_ARGS_NAME)
-        def _get_train_sampler(self, train_dataset=None):
-            "Length-grouped batches whose lengths come from the data layer's `length` column, read with Arrow, rather than from a pass in Python over every row."
-            ds = self.train_dataset
-            if self.args.train_sampling_strategy != 'group_by_length' or not _has_lengths(ds) or len(train_dataset if train_dataset is not None else ds) != len(ds):
-                return super()._get_train_sampler(train_dataset)
-            from transformers.trainer_pt_utils import LengthGroupedSampler
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=_lengths(ds))
     class ModelLossSFTTrainer(FtNbSFTTrainer):
-        "`FtNbSFTTrainer` with `Trainer`'s loss: the model's own, normalised by `num_items_in_batch` (no entropy/accuracy metrics)."
+        "`FtNbSFTTrainer` with `Trainer`'s loss normalised by `num_items_in_batch`, the model's LM head run only where a label is set (no entropy/accuracy metrics)."
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            trained = not return_outputs and keeps_trained_logits(self.accelerator.unwrap_model(model), inputs)
+            self.compute_loss_func = trained_positions_loss if trained else None
+            if trained: inputs = {**inputs, 'logits_to_keep': trained_positions(inputs['labels'])}
             return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
     return FtNbSFTTrainer, ModelLossSFTTrainer
 
@@ -390,6 +422,13 @@ def sft_trainer_class(fused_loss='auto'):
     return _trainer_classes()[0 if fused_loss else 1]
 
 # %% ../nbs/07_train.ipynb #c2676ab2
+def trainable_dtypes(model)->dict: return {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+
+def keep_dtypes(model, dtypes:dict):
+    "Put trainable weights back in the dtypes they had: TRL's trainers cast a 4-bit model's to bf16, where PEFT keeps fp32 (bf16 updates of a small adapter round away)."
+    for n, p in model.named_parameters():
+        if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])
+
 def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_nb_out', template=None, max_length=None,
                   progress='auto', callbacks=None, fused_loss='auto', early_stopping_patience=None, padding_free='auto', **args):
     "The `SFTTrainer` that `finetune` runs: the data layer's rows and labels, our collator, progress and guards."
@@ -408,14 +447,13 @@ def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_n
         args = {'eval_strategy': strategy, **({'eval_steps': args['save_steps']} if 'save_steps' in args else {}), 'load_best_model_at_end': True,
                 'metric_for_best_model': 'eval_loss', 'greater_is_better': False, **args}
         early = EarlyStoppingCallback(early_stopping_patience)
-    dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    dtypes = trainable_dtypes(model)
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=_padding_free(model, padding_free))
     trainer = sft_trainer_class(fused_loss)(model=model, args=sft_config(output_dir, evals is not None, **args), train_dataset=train, eval_dataset=evals,
                          processing_class=tokenizer, data_collator=collator,
                          callbacks=[guards, interrupt, reporter, *(callbacks or []), *([early] if early else [])])
     trainer.remove_callback(PrinterCallback)
-    for n, p in trainer.model.named_parameters():   # TRL casts a 4-bit model's trainable weights to bf16: keep PEFT's fp32
-        if n in dtypes and p.dtype != dtypes[n]: p.data = p.data.to(dtypes[n])
+    keep_dtypes(trainer.model, dtypes)
     trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_reporter, trainer.ft_nb_early = guards, interrupt, reporter, early
     return trainer
 
@@ -470,11 +508,11 @@ def finetune(model,                      # from `load_model` (and `apply_method`
         return _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens)
 
 # %% ../nbs/07_train.ipynb #d14a828e
-def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens)->FineTuneResult:
+def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens, res=None)->FineTuneResult:
     "Run `trainer` for `finetune` and write what the run leaves: the adapter (the good or best one), metrics.json."
-    res = FineTuneResult(str(output_dir))
+    res = res or FineTuneResult(str(output_dir))
     has_eval = trainer.eval_dataset is not None
-    if has_eval and not resume: res.eval_loss_before = trainer.evaluate()['eval_loss']
+    if has_eval and not resume: res.record_eval(trainer.evaluate(), 'before')
     guards, interrupt, early = trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_early
     try:
         with interrupt.armed(): out = trainer.train(resume_from_checkpoint=resume)
@@ -493,7 +531,7 @@ def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_ne
             res.stopped = (f'early stopping at step {res.steps}: the eval loss did not improve for {early.early_stopping_patience} evaluations. '
                            f'The adapter written is the best one, from step {st.best_global_step} (eval loss {st.best_metric:.4g}, {st.best_model_checkpoint})')
     failed = guards.stopped or interrupt.at is not None
-    if has_eval and not failed: res.eval_loss_after = trainer.evaluate()['eval_loss']
+    if has_eval and not failed: res.record_eval(trainer.evaluate(), 'after')
     res.world_size = trainer.args.world_size
     if torch.cuda.is_available(): res.gpu_peak_gb = torch.cuda.max_memory_allocated() / 2**30
     fsdp = trainer.is_fsdp_enabled   # the weights are sharded over the processes: all of them gather and generate

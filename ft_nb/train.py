@@ -199,7 +199,8 @@ def save_adapter(model, tok, output_dir, state_dict=None):
     "Save the adapter (only the new embedding rows, when tokens were added), the tokenizer, and how the base was loaded: all or nothing."
     out = Path(output_dir)
     tmp = _staging(out)
-    kw = {'save_embedding_layers': False} if hasattr(model, 'peft_config') and getattr(model, 'ft_nb_new_token_ids', None) else {}
+    new_rows = getattr(model, 'ft_nb_new_token_ids', None) or any(getattr(c, 'trainable_token_indices', None) for c in getattr(model, 'peft_config', {}).values())
+    kw = {'save_embedding_layers': False} if hasattr(model, 'peft_config') and new_rows else {}   # the new rows are in the adapter: not the whole matrices
     if len(getattr(model, 'peft_config', {})) > 1: kw['selected_adapters'] = [model.active_adapter]   # not a frozen copy kept beside it (a preference run's reference)
     try:
         model.save_pretrained(tmp, state_dict=state_dict, **kw)

@@ -509,6 +509,13 @@ def finetune(model,                      # from `load_model` (and `apply_method`
         return _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens)
 
 # %% ../nbs/07_train.ipynb #d14a828e
+def _final_eval(trainer)->dict:
+    "The evaluation of the trained model: the one the run logged at its last step when there is one (an epoch's end), else a new one."
+    st = trainer.state
+    last = next((h for h in reversed(st.log_history) if 'eval_loss' in h), None)
+    if last and last.get('step') == st.global_step and not trainer.args.load_best_model_at_end: return last
+    return trainer.evaluate()
+
 def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens, res=None)->FineTuneResult:
     "Run `trainer` for `finetune` and write what the run leaves: the adapter (the good or best one), metrics.json."
     res = res or FineTuneResult(str(output_dir))
@@ -532,7 +539,7 @@ def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_ne
             res.stopped = (f'early stopping at step {res.steps}: the eval loss did not improve for {early.early_stopping_patience} evaluations. '
                            f'The adapter written is the best one, from step {st.best_global_step} (eval loss {st.best_metric:.4g}, {st.best_model_checkpoint})')
     failed = guards.stopped or interrupt.at is not None
-    if has_eval and not failed: res.record_eval(trainer.evaluate(), 'after')
+    if has_eval and not failed: res.record_eval(_final_eval(trainer), 'after')
     res.world_size = trainer.args.world_size
     if torch.cuda.is_available(): res.gpu_peak_gb = torch.cuda.max_memory_allocated() / 2**30
     fsdp = trainer.is_fsdp_enabled   # the weights are sharded over the processes: all of them gather and generate

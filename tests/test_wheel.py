@@ -70,3 +70,7 @@ def test_demo(venv, tmp_path):
     rep = json.loads((tmp_path/'merged'/'merge_report.json').read_text())
     assert rep['mode'] == 'nf4' and rep['dtype'] == 'bfloat16', rep
     print(f"demo merged with defaults: {merged.stdout.strip()}")
+    pref = run(venv/'ft_nb', 'demo', '--prefer', '--sft', 'ft_nb_demo', '--quiet', cwd=tmp_path, env=user_env(), timeout=900)   # the preference demo, from this SFT demo
+    mp = json.loads((tmp_path/'ft_nb_demo_prefer'/'metrics.json').read_text())
+    assert mp['reward_accuracy'] >= 0.9 and mp['style_before'] <= 0.1 and mp['style_after'] >= 0.8, {k: mp[k] for k in ('reward_accuracy', 'style_before', 'style_after')}
+    print(f"preference demo: {pref.stdout.strip().splitlines()[-2]}")

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import datasets
-from .data import (ColumnMap, RecordError, chat_template, preference_to_sft, to_messages, _encode_chat, _iter_sources, _missing_markers,
+from .data import (ColumnMap, RecordError, chat_template, preference_to_sft, to_messages, to_tools, _encode_chat, _iter_sources, _missing_markers,
                         _no_rows, _short)
 from .models import load_model   # first: it filters a bitsandbytes notice that transformers' Trainer import would print
 from .methods import apply_method
@@ -53,6 +53,10 @@ def _reply(msgs:list, n:int, field:str)->list:
     return rest
 
 # %% ../nbs/08_prefer.ipynb #18cebf14
+def _tools_of(rec:dict)->dict:
+    "{'tools': the record's tool definitions} when it has some (the template renders them into the prompt), else {}."
+    return {'tools': t} if (t := to_tools(rec)) else {}
+
 def to_preference(rec:dict)->dict:
     "A preference record as messages: {'prompt', 'chosen', 'rejected'} for a pair, {'prompt', 'completion', 'label'} for KTO."
     if not isinstance(rec, dict): raise RecordError(f'expected an object, got {type(rec).__name__}')
@@ -61,13 +65,13 @@ def to_preference(rec:dict)->dict:
         c, r = (_plain(to_messages(preference_to_sft(rec, w))) for w in ('chosen', 'rejected'))
         n = min(_shared(c, r), len(c) - 1, len(r) - 1)   # the prompt: what both conversations share, up to their replies
         if n == 0: raise RecordError('no prompt: chosen and rejected share no message before their replies', 'chosen')
-        return {'prompt': c[:n], 'chosen': _reply(c, n, 'chosen'), 'rejected': _reply(r, n, 'rejected')}
+        return {'prompt': c[:n], 'chosen': _reply(c, n, 'chosen'), 'rejected': _reply(r, n, 'rejected'), **_tools_of(rec)}
     if kind == 'kto':
         label = _label(rec['label'])
         msgs = _plain(to_messages({k: v for k, v in rec.items() if k != 'label'}))
         where = next((k for k in ('messages', 'conversations', 'completion', 'output') if k in rec), None)
         if len(msgs) < 2: raise RecordError('no prompt before the reply', where)
-        return {'prompt': msgs[:-1], 'completion': _reply(msgs, len(msgs) - 1, where), 'label': label}
+        return {'prompt': msgs[:-1], 'completion': _reply(msgs, len(msgs) - 1, where), 'label': label, **_tools_of(rec)}
     raise RecordError(f'not preference data: the fields are {_short(sorted(rec))}; expected chosen and rejected (pairs), '
                       'or a boolean label with a completion or messages (KTO)')
 
@@ -161,7 +165,7 @@ def prepare_preferences(source,                 # anything `load_records` reads:
     if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
     tpl = chat_template(tokenizer, template)
     cmap = ColumnMap(columns) if columns else None
-    rows, bad, dropped, kinds, n_in, differs = [], [], Counter(), Counter(), 0, 0
+    rows, bad, dropped, kind, n_in, differs = [], [], Counter(), None, 0, 0
     for name, recs in _iter_sources(source, split, lambda o: _is_preference(cmap(o) if cmap else o), columns, **kw):
         try:
             for place, rec in recs:
@@ -172,21 +176,22 @@ def prepare_preferences(source,                 # anything `load_records` reads:
                     if isinstance(r, dict) and (why := _empty_side(r)): dropped[why] += 1; continue
                     ex = to_preference(r)
                     row = tokenize_preference(ex, tokenizer, template)
+                    this = 'kto' if 'label' in row else 'pairs'
+                    kind = kind or this   # the first row read sets the dataset's kind
+                    if this != kind: raise RecordError(f"a {'KTO row (label)' if this == 'kto' else 'pair (chosen/rejected)'} in a dataset of "
+                                                       f"{'pairs' if this == 'kto' else 'KTO rows'}: train them apart")
                 except RecordError as e:
                     e.where = e.where or place
                     if errors == 'raise': raise
                     bad.append(e); continue
-                kinds['kto' if 'label' in row else 'pairs'] += 1
-                if len(kinds) > 1: raise RecordError('pairs (chosen/rejected) and KTO rows (label) in one dataset: train them apart', where=place)
                 if why := _keep_or_drop(row, max_length): dropped[why] += 1; continue
-                differs += _generation_prompt(tokenizer, tpl, ex['prompt']) != row['prompt_ids']
+                differs += _generation_prompt(tokenizer, tpl, ex['prompt'], ex.get('tools')) != row['prompt_ids']
                 rows.append({**row, 'length': len(row['prompt_ids']) + max(len(row[k]) for k in ('chosen_ids', 'rejected_ids', 'completion_ids') if k in row)})
         except RecordError as e:
             e.where = e.where or name
             if errors == 'raise': raise
             bad.append(e)
     if not rows: raise _no_rows(source, bad) if not dropped else ValueError(f'{source}: every row was dropped: {dict(dropped)}')
-    kind = next(iter(kinds))
     parts = ('prompt', 'completion') if kind == 'kto' else ('prompt', 'chosen', 'rejected')
     rep = PreferenceReport(kind, n_in, len(rows), bad, dropped, {p: [len(r[f'{p}_ids']) for r in rows] for p in parts},
                            sum(r['label'] for r in rows) if kind == 'kto' else None, differs)
@@ -196,7 +201,7 @@ def prepare_preferences(source,                 # anything `load_records` reads:
 
 # %% ../nbs/08_prefer.ipynb #1a267069
 PREFER_METHODS = {'dpo': 'pairs', 'orpo': 'pairs', 'kto': 'kto'}   # method -> the data it trains on
-PREFER_DEFAULTS = dict(learning_rate=5e-5, beta=0.1)
+PREFER_DEFAULTS = dict(learning_rate=5e-6, beta=0.1)
 
 def _config_class(method:str):
     if method == 'dpo': from trl import DPOConfig as C

@@ -203,10 +203,17 @@ def prepare_preferences(source,                 # anything `load_records` reads:
 PREFER_METHODS = {'dpo': 'pairs', 'orpo': 'pairs', 'kto': 'kto'}   # method -> the data it trains on
 PREFER_DEFAULTS = dict(learning_rate=5e-6, beta=0.1)
 
+def _orpo(name:str):
+    "`name` from `trl.experimental.orpo`, without TRL's warning that experimental APIs may change, printed on import (`prefer`'s docs say ORPO is TRL's experimental trainer)."
+    import importlib
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=".*importing from 'trl.experimental'")
+        return getattr(importlib.import_module('trl.experimental.orpo'), name)
+
 def _config_class(method:str):
     if method == 'dpo': from trl import DPOConfig as C
     elif method == 'kto': from trl import KTOConfig as C
-    elif method == 'orpo': from trl.experimental.orpo import ORPOConfig as C
+    elif method == 'orpo': C = _orpo('ORPOConfig')
     else: raise ValueError(f'method must be one of {sorted(PREFER_METHODS)}, not {method!r}')
     return C
 
@@ -276,7 +283,7 @@ def _kl_pairs(ds, batch_size:int):
 def _prefer_classes()->dict:
     "ft_nb's subclasses of TRL's preference trainers, made once (trl is imported only when a trainer is built)."
     from trl import DPOTrainer, KTOTrainer
-    from trl.experimental.orpo import ORPOTrainer
+    ORPOTrainer = _orpo('ORPOTrainer')
     class CPUHead:
         "After TRL's set-up: where its fused LM head has no kernel (the CPU), the labelled positions only, in plain torch (`labelled_log_probs`), computing what this trainer asks of it."
         head_outputs = ('log_probs', 'entropy', 'mean_logits', 'is_top1')

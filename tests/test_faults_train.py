@@ -120,6 +120,7 @@ HOLD = textwrap.dedent('''
     base, out, go = sys.argv[1:4]
     class Wait(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            Path(go + '.waiting').touch()   # mid-run, holding the lock: the test goes on
             t = time.time()
             while not Path(go).exists() and time.time() - t < 300: time.sleep(0.2)
     model, tok = load_model(base, quant=None)
@@ -135,7 +136,7 @@ def test_two_runs_into_one_folder(base, tmp_path, reliability):
     first = subprocess.Popen([sys.executable, str(script), str(base), str(out), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t = time.time()
-        while not (out/'checkpoint-1').exists() and time.time() - t < 180 and first.poll() is None: time.sleep(0.3)
+        while not Path(f'{go}.waiting').exists() and time.time() - t < 180 and first.poll() is None: time.sleep(0.3)
         assert (out/LOCK).exists(), first.stderr.read() if first.poll() is not None else 'the first run did not start'
         before = sorted(p.name for p in out.iterdir())
         with pytest.raises(FileExistsError) as e: train(base, out)

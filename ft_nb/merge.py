@@ -10,6 +10,7 @@ from torch import nn
 from .data import chat_template_or_none, check_output_folder
 from .models import TRAINING_BASE, _check_safetensors, _json_file, compute_dtype, configure_generation, load_model, model_config
 from .generation import FIXED_PROMPTS, generate_samples, logit_gap, prompt_logits
+from .card import write_merged_card
 
 # %% auto #0
 __all__ = ['FLOOR_SPREAD', 'read_adapter', 'quantized_layers', 'nf4_weight', 'requantize_model', 'MergeError', 'MergeReport',
@@ -262,11 +263,12 @@ def merge_adapter(adapter_dir,              # folder written by `finetune`, PEFT
     if trained is not None: rep.vs_trained_max, rep.vs_trained_kl, rep.trained_dtype = *logit_gap(trained, new).values(), str(src).split('.')[-1]
     tmp = _write_partial(merged, tok, out, max_shard_size)
     try:
+        _carry_sentencepiece(tmp, tok_dir, base)
         del model, merged; _release()
         if not rep.passed and dt != torch.float32: _measure_floor(rep, load, adapter_dir, base, tok, prompts, new, tmp)
         if not rep.passed: raise MergeError(f'the merged model is not the adapter model: {rep}. Nothing was written.')
         rep.seconds = round(time.time() - t0, 1)
-        _move_into_place(tmp, out, rep)
+        _move_into_place(tmp, out, rep, adapter_dir)
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
     return rep
@@ -311,9 +313,25 @@ def _write_partial(model, tok, out:Path, max_shard_size)->Path:
         raise
     return tmp
 
-def _move_into_place(tmp:Path, out:Path, rep):
-    "Write the report into the verified folder and move it to `out` (replacing what `overwrite` allowed)."
-    try: (tmp/'merge_report.json').write_text(json.dumps(asdict(rep), indent=2))
+def _sentencepiece_model(src)->Path|None:
+    "The SentencePiece `tokenizer.model` of a tokenizer source: a local folder's, or a hub model's (from the cache, or fetched unless offline)."
+    p = Path(str(src)).expanduser()
+    if p.is_dir(): return p/'tokenizer.model' if (p/'tokenizer.model').is_file() else None
+    from transformers.utils import cached_file
+    try: f = cached_file(str(src), 'tokenizer.model', _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    except OSError: return None
+    return Path(f) if f else None
+
+def _carry_sentencepiece(folder:Path, *sources):
+    "Copy `tokenizer.model` into `folder` from the first source with one, where `save_pretrained` wrote none (transformers 5 saves tokenizer.json only): llama.cpp's converters for Gemma, Phi-3 and other SentencePiece models read it."
+    if (folder/'tokenizer.model').exists(): return
+    if f := next(filter(None, map(_sentencepiece_model, sources)), None): shutil.copyfile(f, folder/'tokenizer.model')
+
+def _move_into_place(tmp:Path, out:Path, rep, adapter_dir=None):
+    "Write the report and the model card (the adapter's facts and the merge's figures, `06a_card`) into the verified folder and move it to `out` (replacing what `overwrite` allowed)."
+    try:
+        (tmp/'merge_report.json').write_text(json.dumps(asdict(rep), indent=2))
+        if adapter_dir is not None: write_merged_card(tmp, adapter_dir, rep)
     except OSError as e:
         if _no_space(e): raise _space_error(out, 2**20) from None
         raise

@@ -12,6 +12,7 @@ from .data import (ColumnMap, RecordError, chat_template, preference_to_sft, to_
 from .models import load_model   # first: it filters a bitsandbytes notice that transformers' Trainer import would print
 from .methods import apply_method
 from .progress import reporter_for
+from .card import data_facts
 from .train import (SEED_DEFAULTS, AdapterCheckpoints, FineTuneResult, Guards, Interrupt, _precision, _train, keep_dtypes, output_lock,
                          resume_point, trainable_dtypes)
 
@@ -341,12 +342,12 @@ def trainable_adapter(model,              # from `load_model`
     return apply_method(model, adapter, seq_len=max_length or 512, batch_size=batch_size, **lora_kw)
 
 def _prefer_data(data, tok, template, max_length, kind:str):
-    "`data` tokenized for preference training: used as is if `prepare_preferences` made it, else prepared now (the report printed)."
-    ds = data if _pretokenized(data) else prepare_preferences(data, tok, template, max_length)[0]
+    "(rows, `PreferenceReport` or None): `data` tokenized for preference training, used as is if `prepare_preferences` made it, else prepared now."
+    ds, rep = (data, None) if _pretokenized(data) else prepare_preferences(data, tok, template, max_length)
     have = 'kto' if 'label' in ds.column_names else 'pairs'
     if have != kind: raise ValueError(f"this data holds {'labelled replies (KTO)' if have == 'kto' else 'chosen/rejected pairs'}: "
                                       f"train it with method={'kto' if have == 'kto' else 'dpo or orpo'}")
-    return ds
+    return ds, rep
 
 # %% ../nbs/08_prefer.ipynb #7fae28f4
 @dataclass
@@ -419,8 +420,8 @@ def prefer(model,                       # from `load_model`; an adapter from SFT
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("the model has nothing to train: pass adapter='lora' (or 'qlora'), or the folder of an SFT run's adapter")
         kind = PREFER_METHODS[method]
-        train = _prefer_data(train_data, tokenizer, template, max_length, kind)
-        evals = _prefer_data(eval_data, tokenizer, template, max_length, kind) if eval_data is not None else None
+        train, rep = _prefer_data(train_data, tokenizer, template, max_length, kind)
+        evals = _prefer_data(eval_data, tokenizer, template, max_length, kind)[0] if eval_data is not None else None
         if method == 'kto': args = {'train_sampling_strategy': 'sequential', **_kto_weights(train, args)}
         if method == 'orpo': args = {'max_length': max(max(d['length']) for d in (train, evals) if d is not None) + 1, **args}   # ORPO cuts at 512 without one: never cut
         if loss_type: args['loss_type'] = loss_type
@@ -436,4 +437,5 @@ def prefer(model,                       # from `load_model`; an adapter from SFT
             trainer.remove_callback(PrinterCallback)
             keep_dtypes(trainer.model, dtypes)
             trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_reporter, trainer.ft_nb_early = guards, interrupt, reporter, None
+            trainer.ft_nb_data = data_facts(train, rep, *((train_data, template, max_length) if rep else ()))   # for the model card
             return _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens, PreferenceResult(str(output_dir), method=method))

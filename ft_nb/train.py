@@ -14,6 +14,7 @@ from .memory import estimate_memory, cheapest_fit, device_memory_gb
 from .methods import apply_method
 from .generation import generate_samples
 from .progress import reporter_for, write_atomic
+from .card import data_facts, write_run_card
 
 # %% auto #0
 __all__ = ['SEED_DEFAULTS', 'LOCK', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards', 'FineTuneResult',
@@ -205,6 +206,7 @@ def save_adapter(model, tok, output_dir, state_dict=None):
     try:
         model.save_pretrained(tmp, state_dict=state_dict, **kw)
         tok.save_pretrained(tmp)
+        (tmp/'README.md').unlink(missing_ok=True)   # PEFT's empty template card: the run writes its own (`06a_card`), and a README.md of the user's stays
         if hasattr(model, 'peft_config'): (tmp/TRAINING_BASE).write_text(json.dumps(training_base(model), indent=2))
         _move_in(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -322,7 +324,7 @@ def _adopt(ckpt, output_dir):
     out = Path(output_dir)
     tmp = _staging(out)
     try:
-        shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(*_STATE_FILES, '.ft_nb*'))
+        shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(*_STATE_FILES, '.ft_nb*', 'README.md'))
         _move_in(tmp, out)
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
@@ -344,11 +346,13 @@ def resume_point(resume,       # `finetune`'s `resume_from_checkpoint`: None, Tr
     return str(resume)
 
 # %% ../nbs/07_train.ipynb #9e4357a6
-def _tokenized(data, tok, template, max_length):
-    "`data` as tokenized rows: used as is if it has `input_ids` and `labels`, else prepared by the data layer."
+def _prepared(data, tok, template, max_length)->tuple:
+    "(tokenized rows, the data layer's `PrepReport` or None): `data` used as is if it has `input_ids` and `labels`, else prepared by the data layer."
     import datasets
-    if isinstance(data, datasets.Dataset) and {'input_ids', 'labels'} <= set(data.column_names): return data
-    return prepare_dataset(data, tok, template=template, max_length=max_length)[0]
+    if isinstance(data, datasets.Dataset) and {'input_ids', 'labels'} <= set(data.column_names): return data, None
+    return prepare_dataset(data, tok, template=template, max_length=max_length)
+
+def _tokenized(data, tok, template, max_length): return _prepared(data, tok, template, max_length)[0]
 
 # %% ../nbs/07_train.ipynb #f96c10c6
 def trained_positions(labels:torch.Tensor)->torch.Tensor:
@@ -381,6 +385,7 @@ def _lengths(ds)->list[int]:
 
 class AdapterCheckpoints:
     "Mixed into a TRL trainer: an adapter's checkpoints hold what `save_adapter` saves (the trained adapter only, no whole embedding matrices when tokens were added); FSDP's gather is joined by every process; length-grouped batches read the `length` column with Arrow."
+    def create_model_card(self, *args, **kw): pass   # TRL's, at every checkpoint, into output_dir: it replaced a README.md of the user's; the run writes its own card at the end (`06a_card`)
     def save_model(self, output_dir=None, _internal_call=False):
         "Under FSDP every process joins the gather of the sharded weights, whatever `fsdp_state_dict_type` says; the main one writes."
         if not self.is_fsdp_enabled: return super().save_model(output_dir, _internal_call)
@@ -437,7 +442,7 @@ def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_n
     from transformers import PrinterCallback
     if not any(p.requires_grad for p in model.parameters()) or (is_quantized(model) and not hasattr(model, 'peft_config')):
         raise ValueError("the model has no adapter to train: call ft_nb.models.apply_method(model, 'qlora') first, or pass method= to finetune")
-    train = _tokenized(train_data, tokenizer, template, max_length)
+    train, rep = _prepared(train_data, tokenizer, template, max_length)
     evals = _tokenized(eval_data, tokenizer, template, max_length) if eval_data is not None else None
     guards, reporter, interrupt = Guards(), reporter_for(progress, output_dir), Interrupt()
     early = None
@@ -456,6 +461,7 @@ def build_trainer(model, tokenizer, train_data, eval_data=None, output_dir='ft_n
     trainer.remove_callback(PrinterCallback)
     keep_dtypes(trainer.model, dtypes)
     trainer.ft_nb_guards, trainer.ft_nb_interrupt, trainer.ft_nb_reporter, trainer.ft_nb_early = guards, interrupt, reporter, early
+    trainer.ft_nb_data = data_facts(train, rep, *((train_data, template, max_length) if rep else ()))   # for the model card
     return trainer
 
 # %% ../nbs/07_train.ipynb #4167ba21
@@ -517,7 +523,7 @@ def _final_eval(trainer)->dict:
     return trainer.evaluate()
 
 def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_new_tokens, res=None)->FineTuneResult:
-    "Run `trainer` for `finetune` and write what the run leaves: the adapter (the good or best one), metrics.json."
+    "Run `trainer` for `finetune` and write what the run leaves: the adapter (the good or best one), metrics.json, the model card."
     res = res or FineTuneResult(str(output_dir))
     has_eval = trainer.eval_dataset is not None
     if has_eval and not resume: res.record_eval(trainer.evaluate(), 'before')
@@ -560,4 +566,5 @@ def _train(trainer, model, tokenizer, output_dir, resume, sample_prompts, max_ne
         if not _disk_full(e, output_dir): raise
         warnings.warn(f'{Path(output_dir)/"metrics.json"} not written: no space left on that disk ({_free_mb(output_dir):.2f} MB free, {len(text) / 2**20:.3f} MB needed). '
                       'The adapter is saved; the figures are in the result finetune returns')
+    if not failed or (guards.stopped and guards.good): write_run_card(trainer, res, output_dir)   # README.md beside the adapter (`06a_card`)
     return res

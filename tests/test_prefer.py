@@ -90,6 +90,8 @@ def test_cli_dpo_then_merge(tmp_path):
     r = run('merge', 'out', '--out', 'merged', cwd=tmp_path)
     rep = json.loads((tmp_path/'merged'/'merge_report.json').read_text())
     assert rep['mode'] == 'nf4' and rep['adapter_effect'] > 0, rep
+    card = (tmp_path/'merged'/'README.md').read_text()             # the merged model's card: the DPO adapter's facts and the merge's figures
+    assert '| method | dpo |' in card and '| beta | 0.1 |' in card and f"| KL | {rep['kl']:.4g} |" in card and '| mode | nf4 |' in card
 
 @pytest.mark.slow
 def test_resume(tmp_path):

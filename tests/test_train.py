@@ -34,6 +34,9 @@ def test_4bit_training_base_is_recorded():
     rec = json.loads((Path(out)/TRAINING_BASE).read_text())
     assert (rec['quant'], rec['quant_type'], rec['double_quant'], rec['quant_storage']) == ('4bit', 'nf4', True, 'uint8'), rec
     assert json.loads((Path(out)/'checkpoint-1'/TRAINING_BASE).read_text()) == rec
+    card = (Path(out)/'README.md').read_text()                  # the model card says so too, and the loading code quantizes the base the same way
+    assert '| method | qlora |' in card and '| base quantized for training | 4bit nf4, double quantization |' in card and '- qlora' in card
+    assert "BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True" in card
 
 def test_checkpoints_hold_what_the_adapter_holds():
     "With added tokens PEFT would put both whole embedding matrices (and the head three times) in every checkpoint: ours match the final adapter."

@@ -231,7 +231,8 @@ def _gguf_section(f:dict, repo:str)->str:
     s += _table([('file', g['file']), ('type', g.get('type')), ('size', None if g.get('size') is None else _size(g['size'])), ('Modelfile', g.get('modelfile'))])
     if c := g.get('check'):
         s += (f"\n\nChecked in llama.cpp against transformers (fp32) on {c['prompts']} prompts: prompt tokens equal {c['prompt_tokens_equal']}/{c['prompts']}, "
-              f"greedy answers equal {c['answers_equal']}/{c['prompts']}, max |Δlogit| {c['max_dlogit']:.3g} (tolerance {c['tolerance']}).")
+              f"greedy answers equal {c['answers_equal']}/{c['prompts']}, max |Δlogit| {c['max_dlogit']:.3g}, "
+              f"{c['max_dlogit'] / c['logit_scale']:.2%} of the largest |logit| (allowed: {c['tolerance']:.0%}).")
     s += f"\n\n```sh\nllama-cli -m {g['file']} -cnv          # chat in the terminal\nllama-server -m {g['file']}            # an OpenAI-compatible server\n```\n"
     if g.get('modelfile'): s += f"\nWith Ollama, in the folder of the files:\n\n```sh\nollama create {name} -f {g['modelfile']}\nollama run {name}\n```\n"
     return s

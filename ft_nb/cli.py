@@ -106,6 +106,68 @@ def _merge_parser(sub):
     m.add_argument('--allow-pickle', action='store_true', help='accept an adapter_model.bin (a pickle, which can run code) from a source you trust')
     m.set_defaults(func=_merge)
 
+# %% ../nbs/11_cli.ipynb #07a3eab1
+def _prompts(path)->list|None:
+    "Prompts for the GGUF check from a file: JSONL records (their `instruction`, `prompt` or `messages`), or plain lines."
+    if path is None: return None
+    out = []
+    for i, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: r = json.loads(line) if line.lstrip().startswith('{') else line
+        except json.JSONDecodeError as e: raise ValueError(f'{path}, line {i}: not JSON ({e.msg})') from None
+        p = r if isinstance(r, str) else r.get('messages') or r.get('instruction') or r.get('prompt')
+        if not p: raise ValueError(f"{path}, line {i}: no 'instruction', 'prompt' or 'messages'")
+        out.append(p)
+    return out
+
+def _export(a)->int:
+    from transformers.utils import logging as hf_logging
+    from ft_nb.export import export_gguf
+    from ft_nb.merge import MergeError
+    hf_logging.disable_progress_bar()
+    try: rep = export_gguf(a.src, a.gguf, a.type, merged_dir=a.merged, base=a.base, overwrite=a.overwrite, check=not a.no_check, prompts=_prompts(a.prompts))
+    except MergeError as e: print(f'ft_nb export: {e}', file=sys.stderr); return 1
+    print(rep)
+    return 0 if rep.check is None or rep.check.passed else 1
+
+# %% ../nbs/11_cli.ipynb #ee6ac411
+def _export_parser(sub):
+    "`ft_nb export SRC --gguf OUT.gguf`: the arguments of `ft_nb.export.export_gguf`."
+    e = sub.add_parser('export', help='export a model or an adapter to GGUF for llama.cpp and Ollama, checked in llama.cpp',
+                       description="Convert SRC (a merged model folder, or an adapter folder, which is merged first and verified) to one GGUF file with "
+                                   "llama.cpp's own converter: weights, tokenizer and chat template. An Ollama Modelfile and a model card are written beside it. "
+                                   'The GGUF is then run in llama.cpp (llama-cpp-python) against transformers: prompt tokens, greedy answers and logits compared.')
+    e.add_argument('src', help='model folder, or adapter folder (from ft_nb train / finetune, PEFT save_pretrained)')
+    e.add_argument('--gguf', required=True, help='the .gguf file to write')
+    e.add_argument('--type', default='f16', choices=['f16', 'q8_0', 'bf16', 'f32'])
+    e.add_argument('--merged', default=None, help='where an adapter is merged to (default: beside the GGUF, <name>-merged)')
+    e.add_argument('--base', default=None, help="an adapter's base model (default: the one the adapter names)")
+    e.add_argument('--prompts', default=None, help='prompts for the check: JSONL (instruction, prompt or messages) or one per line (default: three fixed prompts)')
+    e.add_argument('--no-check', action='store_true', help='do not run the GGUF in llama.cpp (no llama-cpp-python needed)')
+    e.add_argument('--overwrite', action='store_true', help='replace an existing GGUF, Modelfile and merged folder')
+    e.set_defaults(func=_export)
+
+# %% ../nbs/11_cli.ipynb #7981cb7f
+def _push(a)->int:
+    from ft_nb.card import push_to_hub
+    plan = push_to_hub(a.path, a.repo_id, private=not a.public, dry_run=True)
+    print(f"{'would upload' if a.dry_run else 'uploading'} to {a.repo_id} ({'public' if a.public else 'private'}):")
+    for name, size in plan: print(f'  {name}  {size / 2**20:.2f} MB')
+    if not a.dry_run: print(push_to_hub(a.path, a.repo_id, private=not a.public))
+    return 0
+
+def _push_parser(sub):
+    "`ft_nb push PATH REPO_ID`: `ft_nb.card.push_to_hub`."
+    u = sub.add_parser('push', help='upload an adapter, a merged model or a GGUF with its model card to the Hugging Face Hub',
+                       description='Upload PATH (an adapter folder, a merged model folder, or a .gguf file with its Modelfile and card) to the hub repo REPO_ID, '
+                                   'without checkpoints, optimizer states or temporary files. The repo is created private unless --public. '
+                                   'Log in first (hf auth login) or set HF_TOKEN.')
+    u.add_argument('path', help='adapter folder, merged model folder, or .gguf file')
+    u.add_argument('repo_id', help="'user/name' on the hub")
+    u.add_argument('--public', action='store_true', help='create the repo public (default: private)')
+    u.add_argument('--dry-run', action='store_true', help='list the files that would be uploaded, and upload nothing')
+    u.set_defaults(func=_push)
+
 # %% ../nbs/11_cli.ipynb #22cd6ce0
 RUN_KEYS = {'model': 'hub name or local folder', 'data': 'training data (any format ft_nb.data reads)', 'eval_data': 'evaluation data',
             'template': 'chat template', 'quant': "'4bit', '8bit' or null", 'dtype': "'auto', 'bf16', 'fp16', 'fp32'",
@@ -269,7 +331,7 @@ def build_parser()->argparse.ArgumentParser:
     "The `ft_nb` argument parser."
     p = argparse.ArgumentParser(prog='ft_nb', description='Fine-tune LLMs with LoRA and QLoRA, correctly by default.')
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
-    for add in (_demo_parser, _estimate_parser, _merge_parser, _train_parser): add(sub)
+    for add in (_demo_parser, _estimate_parser, _merge_parser, _export_parser, _push_parser, _train_parser): add(sub)
     return p
 
 # %% ../nbs/11_cli.ipynb #43eb2a5a

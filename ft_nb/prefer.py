@@ -2,7 +2,7 @@
 
 # %% ../nbs/08_prefer.ipynb #4d68355e
 from __future__ import annotations
-import difflib, functools, json, warnings
+import functools, json, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +13,7 @@ from .models import load_model   # first: it filters a bitsandbytes notice that 
 from .methods import apply_method
 from .progress import reporter_for
 from .card import data_facts
-from .train import (SEED_DEFAULTS, AdapterCheckpoints, FineTuneResult, Guards, Interrupt, _precision, _train, keep_dtypes, output_lock,
+from .train import (SEED_DEFAULTS, AdapterCheckpoints, config_args, FineTuneResult, Guards, Interrupt, _precision, _train, keep_dtypes, output_lock,
                          resume_point, trainable_dtypes)
 
 # %% auto #0
@@ -221,14 +221,7 @@ def _config_class(method:str):
 def prefer_config(method:str, output_dir, has_eval:bool=False, **args):
     "The TRL config of `method` ('dpo', 'orpo', 'kto') with the seed's batch and schedule, ft_nb's data handling, and any field overridden."
     C = _config_class(method)
-    valid = set(C.__dataclass_fields__)
-    if bad := sorted(set(args) - valid):
-        hints = {b: difflib.get_close_matches(b, valid, n=3) for b in bad}
-        raise ValueError(f'unknown {method} training argument(s): ' + '; '.join(f'{b} (did you mean {", ".join(h)}?)' if h else b for b, h in hints.items())
-                         + f'. Valid ones are the fields of {C.__name__}')
-    ckpt = 'activation_checkpointing' if 'activation_checkpointing' in valid else 'gradient_checkpointing'
-    for k in ('gradient_checkpointing', 'gradient_checkpointing_kwargs'):
-        if k in args and ckpt != 'gradient_checkpointing': args[k.replace('gradient', 'activation')] = args.pop(k)
+    valid, ckpt, args = config_args(C, args, f'{method} training')
     ours = dict(report_to='none', **{ckpt: False}, max_length=None, eval_strategy='epoch' if has_eval else 'no', logging_nan_inf_filter=False,
                 disable_tqdm=True, remove_unused_columns=False, **_precision())
     if 'train_sampling_strategy' in valid and method != 'kto': ours['train_sampling_strategy'] = 'group_by_length'

@@ -17,10 +17,10 @@ from .progress import reporter_for, write_atomic
 from .card import data_facts, write_run_card
 
 # %% auto #0
-__all__ = ['SEED_DEFAULTS', 'LOCK', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards', 'FineTuneResult',
-           'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'trained_positions', 'trained_positions_loss',
-           'keeps_trained_logits', 'AdapterCheckpoints', 'sft_trainer_class', 'trainable_dtypes', 'keep_dtypes',
-           'build_trainer', 'finetune']
+__all__ = ['SEED_DEFAULTS', 'LOCK', 'config_args', 'sft_config', 'checkpoint_problem', 'last_checkpoint', 'Guards',
+           'FineTuneResult', 'save_adapter', 'output_lock', 'Interrupt', 'resume_point', 'trained_positions',
+           'trained_positions_loss', 'keeps_trained_logits', 'AdapterCheckpoints', 'sft_trainer_class',
+           'trainable_dtypes', 'keep_dtypes', 'build_trainer', 'finetune']
 
 # %% ../nbs/07_train.ipynb #fa026d91
 SEED_DEFAULTS = dict(num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=4, learning_rate=2e-4,
@@ -32,17 +32,26 @@ def _precision()->dict:
     return dict(bf16=bf16, fp16=not bf16)
 
 # %% ../nbs/07_train.ipynb #d407ab1f
+def config_args(C,                     # a TRL/transformers config class
+                args:dict,             # the fields a user gave
+                what:str='training',   # what the arguments are, for the error
+               )->tuple[set, str, dict]:
+    "(`C`'s fields, its checkpointing switch's name, `args` with the older checkpointing names moved to it); an unknown field is an error naming close matches."
+    valid = set(C.__dataclass_fields__)
+    if bad := sorted(set(args) - valid):
+        hints = {b: difflib.get_close_matches(b, valid, n=3) for b in bad}
+        raise ValueError(f'unknown {what} argument(s): ' + '; '.join(f'{b} (did you mean {", ".join(h)}?)' if h else b for b, h in hints.items())
+                         + f'. Valid ones are the fields of {C.__module__.split(".")[0]}.{C.__name__}: {", ".join(sorted(valid))}')
+    ckpt = 'activation_checkpointing' if 'activation_checkpointing' in valid else 'gradient_checkpointing'   # transformers 5 renamed it
+    args = dict(args)
+    for k in ('gradient_checkpointing', 'gradient_checkpointing_kwargs'):
+        if k in args and ckpt != 'gradient_checkpointing': args[k.replace('gradient', 'activation')] = args.pop(k)
+    return valid, ckpt, args
+
 def sft_config(output_dir, has_eval:bool=False, **args):
     "An `SFTConfig` with the seed's defaults, the device's precision and ft_nb's data handling; any field can be overridden."
     from trl import SFTConfig
-    valid = set(SFTConfig.__dataclass_fields__)
-    if bad := sorted(set(args) - valid):
-        hints = {b: difflib.get_close_matches(b, valid, n=3) for b in bad}
-        raise ValueError('unknown training argument(s): ' + '; '.join(f'{b} (did you mean {", ".join(h)}?)' if h else b for b, h in hints.items())
-                         + f'. Valid ones are the fields of trl.SFTConfig: {", ".join(sorted(valid))}')
-    ckpt = 'activation_checkpointing' if 'activation_checkpointing' in valid else 'gradient_checkpointing'   # transformers 5 renamed it
-    for k in ('gradient_checkpointing', 'gradient_checkpointing_kwargs'):
-        if k in args and ckpt != 'gradient_checkpointing': args[k.replace('gradient', 'activation')] = args.pop(k)
+    valid, ckpt, args = config_args(SFTConfig, args)
     ours = dict(report_to='none', **{ckpt: False}, train_sampling_strategy='group_by_length', max_length=None,
                 dataset_kwargs={'skip_prepare_dataset': True}, eval_strategy='epoch' if has_eval else 'no',
                 logging_nan_inf_filter=False, disable_tqdm=True, **_precision())

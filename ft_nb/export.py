@@ -19,7 +19,7 @@ LLAMA_CPP_SDIST_SHA256 = '832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372d
 CONVERTER_PARTS = ('convert_hf_to_gguf.py', 'conversion', 'gguf-py', 'LICENSE')
 
 def ft_nb_cache()->Path:
-    "Where ft_nb keeps what it fetches once: $FT_NB_CACHE, else `ft_nb` in $XDG_CACHE_HOME or ~/.cache."
+    "Where ft_nb keeps what it fetches once: the folder the environment variable `FT_NB_CACHE` names, else ~/.cache/ft_nb (under `XDG_CACHE_HOME` if set)."
     if os.environ.get('FT_NB_CACHE'): return Path(os.environ['FT_NB_CACHE'])
     return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'ft_nb'
 
@@ -64,7 +64,7 @@ def extract_converter(sdist, dest)->Path:
     return dest
 
 def converter_dir(cache=None)->Path:
-    "llama.cpp's converter: $FT_NB_LLAMA_CPP (a llama.cpp checkout) if set, else the pinned release's, fetched once into `cache`."
+    "llama.cpp's converter: the llama.cpp checkout `FT_NB_LLAMA_CPP` names if set, else the pinned release's, fetched once into `cache`."
     if os.environ.get('FT_NB_LLAMA_CPP'):
         d = Path(os.environ['FT_NB_LLAMA_CPP'])
         if not is_converter(d): raise FileNotFoundError(f'$FT_NB_LLAMA_CPP={d} is not a llama.cpp folder: convert_hf_to_gguf.py, conversion/ or gguf-py/ is missing')

@@ -1,3 +1,5 @@
+import json
+from pathlib import Path
 import pytest
 from ft_nb.testing import load_tok, quiet, shared_data  # load_tok: the tests import it from here
 
@@ -65,11 +67,22 @@ def reliability_table(rows:list)->str:
         f"| files modified by a failed run | {mod} |",
         f"| pickles executed / crafted pickles tried | {sum(r['executed'] for r in p)} / {len(p)} |"])
 
+def _worker(config)->str|None: return getattr(config, 'workerinput', {}).get('workerid')   # pytest-xdist's worker id; None in the main process
+
+def pytest_sessionstart(session):
+    if _worker(session.config) is None:
+        for p in (Path(__file__).parent/'artifacts').glob('.reliability-*.json'): p.unlink()   # a killed run's
+
 def pytest_sessionfinish(session, exitstatus):
-    if not RELIABILITY: return
-    import json
-    from pathlib import Path
+    "The totals, over every worker's records when pytest-xdist runs the tests in several processes."
     out = Path(__file__).parent/'artifacts'
     out.mkdir(exist_ok=True)
-    (out/'reliability.json').write_text(json.dumps(RELIABILITY, indent=1))
-    (out/'reliability.md').write_text(reliability_table(RELIABILITY) + '\n')
+    if (w := _worker(session.config)) is not None:
+        if RELIABILITY: (out/f'.reliability-{w}.json').write_text(json.dumps(RELIABILITY))
+        return
+    parts = sorted(out.glob('.reliability-*.json'))
+    rows = RELIABILITY + [r for p in parts for r in json.loads(p.read_text())]
+    for p in parts: p.unlink()
+    if not rows: return
+    (out/'reliability.json').write_text(json.dumps(sorted(rows, key=lambda r: r['test']), indent=1))
+    (out/'reliability.md').write_text(reliability_table(rows) + '\n')

@@ -2,7 +2,7 @@
 
 Each GGUF is run in llama.cpp (llama-cpp-python, built from the pinned sdist) against transformers: the prompt's tokens equal and
 the logits within `GGUF_TOLERANCE` (a fraction of the largest logit). The models are tiny with random weights, so greedy answers (which hang on near-ties there) are
-compared on the trained demo model instead, in the notebook and in `test_cli_export_demo`.
+compared on the trained demo model instead, in nbs/10a_export.ipynb.
 
 Tokenizers: SmolLM2's, Qwen2.5's and Mistral v0.3's are real (../shared/data). Gemma and Phi-3 ship a SentencePiece
 `tokenizer.model`, which llama.cpp's converters for them read; the stand-ins here are SentencePiece models trained on the
@@ -139,17 +139,21 @@ def test_pretokenizer_the_converter_never_saw(split, pre, tmp_path, data_dir):
     c = _checked(folder)
     assert gguf.GGUFReader(c.gguf).fields['tokenizer.ggml.pre'].contents() == pre
 
-def test_cli_export_demo(tmp_path):
-    "The demo's adapter, exported from the command line: merged, converted, answered in llama.cpp exactly as in transformers."
-    from ft_nb.demo import demo
-    demo(tmp_path/'demo', progress='none')
-    out = tmp_path/'gguf'/'demo.gguf'
-    r = subprocess.run([shutil.which('ft_nb'), 'export', str(tmp_path/'demo'), '--gguf', str(out), '--prompts', str(tmp_path/'demo'/'data'/'prompts.jsonl')],
-                       capture_output=True, text=True)
+def test_cli_export(tmp_path, data_dir):
+    """`ft_nb export` from an adapter folder: merged, converted, Modelfile and card beside it; `ft_nb push --dry-run` lists them; a second run is refused.
+    (The demo's adapter, answered in llama.cpp as in transformers, is the export notebook's slow cell: the same `export_gguf` the command calls.)"""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    base = _model(LlamaConfig, data_dir/'tokenizers'/'smollm2', tmp_path/'base')
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, target_modules=['q_proj', 'v_proj']))
+    pm.save_pretrained(tmp_path/'adapter')
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path/'adapter')
+    out, ft_nb = tmp_path/'gguf'/'tiny.gguf', shutil.which('ft_nb')
+    r = subprocess.run([ft_nb, 'export', str(tmp_path/'adapter'), '--gguf', str(out), '--type', 'q8_0', '--no-check'], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert 'prompt tokens equal 20/20, greedy answers equal 20/20' in r.stdout, r.stdout
-    assert sorted(p.name for p in out.parent.iterdir()) == ['Modelfile', 'README.md', 'demo-merged', 'demo.gguf', 'ft_nb_card.json', 'loss.png']
-    plan = subprocess.run([shutil.which('ft_nb'), 'push', str(out), 'me/demo-gguf', '--dry-run'], capture_output=True, text=True)
-    assert plan.returncode == 0 and [l.split()[0] for l in plan.stdout.splitlines()[1:]] == ['Modelfile', 'README.md', 'demo.gguf', 'ft_nb_card.json', 'loss.png'], plan.stdout
-    again = subprocess.run([shutil.which('ft_nb'), 'export', str(tmp_path/'demo'), '--gguf', str(out)], capture_output=True, text=True)
+    assert 'tiny.gguf: q8_0' in r.stdout and "template 'chatml'" in r.stdout and 'not checked in llama.cpp' in r.stdout, r.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ['Modelfile', 'README.md', 'ft_nb_card.json', 'tiny-merged', 'tiny.gguf']
+    plan = subprocess.run([ft_nb, 'push', str(out), 'me/tiny-gguf', '--dry-run'], capture_output=True, text=True)
+    assert plan.returncode == 0 and [l.split()[0] for l in plan.stdout.splitlines()[1:]] == ['Modelfile', 'README.md', 'ft_nb_card.json', 'tiny.gguf'], plan.stdout
+    again = subprocess.run([ft_nb, 'export', str(tmp_path/'adapter'), '--gguf', str(out), '--no-check'], capture_output=True, text=True)
     assert again.returncode == 1 and 'exists: pass overwrite=True' in again.stderr, again.stderr

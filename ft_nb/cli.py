@@ -50,7 +50,7 @@ def _demo(a)->int:
     for s in res.samples[:8]: print(f"  {s['prompt']}\n    -> {s['completion']!r}{'' if s['ended'] else '  (did not stop)'}")
     print(f"eval loss {m['eval_loss_before']:.3f} -> {m['eval_loss_after']:.3f} ({m['eval_loss_after'] / m['eval_loss_before']:.2f}x); "
           f"{m['eos_rate']:.0%} of the answers ended with EOS, {m['answers_correct']:.0%} were right; {m['seconds']:.0f} s.\n"
-          f"Wrote {out}/: adapter_model.safetensors, loss.png, metrics.json (and the base model in {out}/base)")
+          f"Wrote {out}/: adapter_model.safetensors, loss.png, metrics.json, README.md (its model card; and the base model in {out}/base)")
     return 0 if res.stopped is None else 1
 
 def _demo_prefer(a)->int:
@@ -60,7 +60,7 @@ def _demo_prefer(a)->int:
     for b, s in list(zip(m['samples_before'], res.samples))[:6]: print(f"  {s['prompt']}\n    SFT: {b['completion']!r}\n    DPO: {s['completion']!r}")
     print(f"held-out reward accuracy {m['reward_accuracy']:.0%}; answers in the preferred style: {m['style_before']:.0%} before, {m['style_after']:.0%} after; "
           f"right: {m['answers_correct_before']:.0%} before, {m['answers_correct_after']:.0%} after; {m['seconds']:.0f} s.\n"
-          f"Wrote {out}/: adapter_model.safetensors, loss.png, metrics.json" + ('' if a.sft else f' (and the SFT demo it started from in {out}/sft)'))
+          f"Wrote {out}/: adapter_model.safetensors, loss.png, metrics.json, README.md (its model card)" + ('' if a.sft else f' (and the SFT demo it started from in {out}/sft)'))
     return 0 if res.stopped is None else 1
 
 # %% ../nbs/11_cli.ipynb #6039c30a

@@ -6,8 +6,8 @@ import os, tempfile, warnings
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['QUIET_WARNINGS', 'TINY', 'MID', 'shared_data', 'load_tok', 'quiet', 'save_model', 'tiny_model', 'tiny_llama',
-           'param_count', 'mid_llama']
+__all__ = ['QUIET_WARNINGS', 'TINY', 'MID', 'shared_data', 'load_tok', 'quiet', 'temp_folder', 'save_model', 'tiny_model',
+           'tiny_llama', 'param_count', 'mid_llama']
 
 # %% ../nbs/00_testing.ipynb #6174b14d
 def shared_data(*parts:str, # a path inside the data folder, e.g. 'tokenizers', 'smollm2'
@@ -36,17 +36,26 @@ def quiet():
     hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar(); datasets.disable_progress_bars()
     warnings.filterwarnings('ignore', message=QUIET_WARNINGS)
 
+# %% ../nbs/00_testing.ipynb #472d78cd
+def temp_folder(prefix:str='ft_nb_test_', # the folder name's start, so that a leftover says where it came from
+               )->str:
+    "A new temporary folder, removed when the process that made it exits."
+    import atexit, shutil
+    folder, pid = tempfile.mkdtemp(prefix=prefix), os.getpid()
+    atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
 # %% ../nbs/00_testing.ipynb #b8054bd6
 def save_model(cfg,                    # a transformers config; its `vocab_size` is set to the tokenizer's length
                tok:str='smollm2',      # the tokenizer (see `load_tok`)
-               folder=None,            # default: a new temporary folder
+               folder=None,            # default: a new `temp_folder()`
                dtype=None,             # save in this dtype (e.g. `torch.bfloat16`, as hub checkpoints are); default fp32
                seed:int=0,
               )->str:
     "Save a randomly initialised causal LM of config `cfg` with a real tokenizer, as `save_pretrained` writes a downloaded checkpoint; its folder."
     import torch
     from transformers import AutoModelForCausalLM
-    tk, folder = load_tok(tok), folder or tempfile.mkdtemp()
+    tk, folder = load_tok(tok), folder or temp_folder()
     cfg.vocab_size = len(tk)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)

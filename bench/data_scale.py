@@ -7,9 +7,10 @@ and as Parquet. SmolLM2's tokenizer with the default ChatML template.
 For each set, size, file format and `num_proc` (1 and 2), one process runs `prepare_dataset` on a fresh cache and a
 second process calls it again on that cache. Reported: rows/s of the first call, the peak RSS of its process
 (`os.wait4`'s ru_maxrss: the process's own), the cache folder's size, and the second call's seconds (inside its
-process, after the imports). The reference is `apply_chat_template(msgs, tokenize=True)` alone, one conversation at a
-time in a loop, on the same rows (the messages `ft_nb.data.to_messages` gives), in one process: what any
-tokenization costs.
+process, after the imports). The reference is `apply_chat_template(msgs, tokenize=True)` alone on the same rows (the messages
+`ft_nb.data.to_messages` gives), in one process, timed two ways: one conversation per call, and 256 per call (a batch,
+which the Rust tokenizer encodes on all cores, as `prepare_dataset` does): what any tokenization costs. The tokenizer's
+threads are left as users get them (TOKENIZERS_PARALLELISM unset).
 
 `--train`: seconds from the `finetune(...)` call to the end of the first optimizer step (tiny Llama, LoRA,
 `max_steps=2`, batch 4, the default length-grouped sampler) on an N-row tokenized dataset written straight to Arrow
@@ -72,7 +73,8 @@ def write(name:str, n:int, fmt:str, folder:Path)->Path:
     return p
 
 def child(*args, path=ROOT):
-    env = {**os.environ, 'PYTHONPATH': f'{path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}', 'TOKENIZERS_PARALLELISM': 'false', 'HF_DATASETS_DISABLE_PROGRESS_BARS': '1'}
+    env = {**os.environ, 'PYTHONPATH': f'{path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}', 'HF_DATASETS_DISABLE_PROGRESS_BARS': '1'}
+    env.pop('TOKENIZERS_PARALLELISM', None)   # the tokenizer's threads as users get them
     return run_process([sys.executable, __file__, '--child', *map(str, args)], env=env)
 
 def folder_mb(d:Path)->float: return sum(f.stat().st_size for f in Path(d).rglob('*') if f.is_file()) / 2**20
@@ -87,7 +89,7 @@ def do_prepare(file, cache, num_proc):
     print(json.dumps(dict(s=time.perf_counter() - t, rows=len(ds), rows_in=rep.rows_in, tokens=rep.total_tokens)))
 
 def do_template(file, n):
-    "apply_chat_template alone on the first `n` rows (read and normalised first, not timed)."
+    "apply_chat_template alone on the first `n` rows (read and normalised first, not timed): one conversation per call, and 256 per call."
     import itertools
     from ft_nb.data import _file_records, fix_tokenizer, to_messages
     from ft_nb.testing import load_tok
@@ -95,7 +97,10 @@ def do_template(file, n):
     convs = [[{k: v for k, v in m.items() if k in ('role', 'content')} for m in to_messages(r)] for _, r in itertools.islice(_file_records(Path(file)), int(n))]
     t = time.perf_counter()
     for c in convs: tok.apply_chat_template(c, tokenize=True)
-    print(json.dumps(dict(s=time.perf_counter() - t, rows=len(convs))))
+    one = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(0, len(convs), 256): tok.apply_chat_template(convs[i:i + 256], tokenize=True)
+    print(json.dumps(dict(s=one, batched_s=time.perf_counter() - t, rows=len(convs))))
 
 def do_train(ds_dir, with_length):
     "Seconds from the finetune call to the end of the first optimizer step."
@@ -143,7 +148,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.work or tmp); work.mkdir(exist_ok=True)
         if a.rows:
-            print('| set | rows | file | num_proc | rows/s | peak RSS MB | cache MB | cached call s | apply_chat_template rows/s | ratio |')
+            print('| set | rows | file | num_proc | rows/s | peak RSS MB | cache MB | cached call s | apply_chat_template rows/s, one / 256 per call | time vs it, one / 256 per call |')
             print('|---|---|---|---|---|---|---|---|---|---|')
         for n in a.rows:
             for name in a.sets:
@@ -151,21 +156,21 @@ def main():
                 for fmt in a.formats:
                     f = write(name, n, fmt, work)
                     if ref is None:
-                        r = json.loads(child('template', f, min(n, 20_000))[2]); ref = r['rows'] / r['s']
+                        r = json.loads(child('template', f, min(n, 20_000))[2]); ref, refb = r['rows'] / r['s'], r['rows'] / r['batched_s']
                     for np_ in a.num_proc:
                         cache = work/f'cache-{name}-{n}-{fmt}-{np_}'
                         _, rss, out = child('prepare', f, cache, np_); r = json.loads(out)
                         again = json.loads(child('prepare', f, cache, np_)[2])
                         rate = r['rows_in'] / r['s']
                         print(f"| {name} | {n:,} | {fmt} ({f.stat().st_size / 2**20:.0f} MB) | {np_} | {rate:,.0f} | {rss:,.0f} | {folder_mb(cache):,.0f} "
-                              f"| {again['s']:.2f} | {ref:,.0f} | {ref / rate:.2f}x |", flush=True)
+                              f"| {again['s']:.2f} | {ref:,.0f} / {refb:,.0f} | {ref / rate:.2f}x / {refb / rate:.2f}x |", flush=True)
                         subprocess.run(['rm', '-rf', str(cache)])
                         if a.before:
                             _, rss, out = child('prepare', f, cache, np_, path=Path(a.before)); r = json.loads(out)
                             again = json.loads(child('prepare', f, cache, np_, path=Path(a.before))[2])
                             rate = r['rows_in'] / r['s']
                             print(f"| {name} (before) | {n:,} | {fmt} | {np_} | {rate:,.0f} | {rss:,.0f} | {folder_mb(cache):,.0f} "
-                                  f"| {again['s']:.2f} | {ref:,.0f} | {ref / rate:.2f}x |", flush=True)
+                                  f"| {again['s']:.2f} | {ref:,.0f} / {refb:,.0f} | {ref / rate:.2f}x / {refb / rate:.2f}x |", flush=True)
                             subprocess.run(['rm', '-rf', str(cache)])
         if a.train:
             print('\n| rows | ft_nb | dataset | finetune() to first optimizer step, s | peak RSS MB |\n|---|---|---|---|---|')

@@ -315,7 +315,8 @@ def merged_facts(adapter_dir,   # the adapter that was merged
                 )->dict:
     "The facts of a merged model: those of the adapter it came from (method, data, training, results), and the merge's verification figures."
     f = card_facts(adapter_dir)
-    merge = {**(asdict(rep) if is_dataclass(rep) else dict(rep)), 'passed': getattr(rep, 'passed', None)}
+    merge = asdict(rep) if is_dataclass(rep) else dict(rep)
+    merge.setdefault('passed', getattr(rep, 'passed', None))   # a `MergeReport`'s is a property
     return {**f, 'kind': 'merged', 'base_model': f.get('base_model') or merge['base'], 'adapter_dir': str(adapter_dir), 'merge': merge}
 
 def write_merged_card(folder, adapter_dir, rep)->Path:

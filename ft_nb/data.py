@@ -850,14 +850,23 @@ def assistant_spans(tok,              # the tokenizer that rendered `rendered`
     return _sentinel_spans(tok, msgs, tpl, rendered, tools) or _prefix_spans(tok, msgs, tpl, rendered, tools)
 
 # %% ../nbs/01_data.ipynb #b07fc3a4
+def _fast_backend(tok):
+    "The Rust tokenizer behind `tok` when calling it directly gives what `tok(text)` gives (no truncation or padding set on it), else None."
+    bt = getattr(tok, 'backend_tokenizer', None)
+    return bt if bt is not None and bt.truncation is None and bt.padding is None else None
+
 def _encode(tok, text:str):
     "Ids of `text` as `tok(text, add_special_tokens=False)` gives them (what `apply_chat_template` calls), and a char-to-token function."
-    bt = getattr(tok, 'backend_tokenizer', None)
-    if bt is not None and bt.truncation is None and bt.padding is None:  # the same Rust call, without transformers' per-call overhead
+    if bt := _fast_backend(tok):  # the same Rust call, without transformers' per-call overhead
         e = bt.encode(text, add_special_tokens=False)
         return e.ids, e.char_to_token
     enc = tok(text, add_special_tokens=False)
     return enc['input_ids'], enc.char_to_token
+
+def _encode_many(tok, texts:list[str])->list[tuple]:
+    "`_encode` of each text, in one call to the Rust tokenizer, whose threads share the texts out over the cores."
+    if bt := _fast_backend(tok): return [(e.ids, e.char_to_token) for e in bt.encode_batch(texts, add_special_tokens=False)]
+    return [_encode(tok, t) for t in texts]
 
 def _label_spans(ids, char_to_token, spans)->list[int]:
     "Labels: `ids` for every token that overlaps a character span, else -100."
@@ -898,18 +907,25 @@ def tokenize_chat(messages:list[dict],      # [{'role':..., 'content':...}, ...]
     ex, _ = _encode_chat(messages, tokenizer, tpl, train_on, _tools(tools) or None)
     return truncate(ex, max_length, truncation) if max_length else ex
 
-def _encode_chat(messages, tok, tpl, train_on, tools=None):
-    "(example, rendered text) of a conversation; assistant turns marked `train: False` are rendered but not labelled."
+def _render_chat(messages, tok, tpl, tools=None)->str:
+    "The conversation as the template renders it, its tools checked first."
     calls = any(m.get('tool_calls') for m in messages)
     if tools or calls: _check_tools(tok, tpl, bool(tools), calls)
-    rendered = _render(tok, messages, tpl, tools)
-    ids, char_to_token = _encode(tok, rendered)
+    return _render(tok, messages, tpl, tools)
+
+def _label_chat(messages, tok, tpl, train_on, tools, rendered:str, ids:list, char_to_token)->dict:
+    "The example of a rendered and encoded conversation: its ids, with labels on the assistant turns to train."
     if train_on == 'all': labels = list(ids)
     else:
         trained = [m.get('train', True) is not False for m in messages if m['role'] == 'assistant']
         spans = [s for s, keep in zip(assistant_spans(tok, messages, tpl, rendered, tools), trained) if keep]
         labels = _label_spans(ids, char_to_token, spans[-1:] if train_on == 'last' else spans)
-    return {'input_ids': ids, 'attention_mask': [1] * len(ids), 'labels': labels}, rendered
+    return {'input_ids': ids, 'attention_mask': [1] * len(ids), 'labels': labels}
+
+def _encode_chat(messages, tok, tpl, train_on, tools=None):
+    "(example, rendered text) of a conversation; assistant turns marked `train: False` are rendered but not labelled."
+    rendered = _render_chat(messages, tok, tpl, tools)
+    return _label_chat(messages, tok, tpl, train_on, tools, rendered, *_encode(tok, rendered)), rendered
 
 # %% ../nbs/01_data.ipynb #eb6d630b
 def trained_runs(ex:dict)->list[list[int]]:
@@ -999,25 +1015,39 @@ class PrepReport:
         return ax
 
 # %% ../nbs/01_data.ipynb #d7922d3c
-def _tokenize_row(row, tok, template, train_on, max_length, truncation):
-    "Tokenize one loaded row for `datasets.map`; problems go to `status` rather than raising; `length` is the token count the length-grouped sampler reads."
+def _row_messages(row)->tuple[list[dict], list|None]:
+    "The messages and tools of a row as `_write_raw` stored it."
     msgs = row['messages']
     msgs = json.loads(msgs) if isinstance(msgs, str) else [{k: (json.loads(v) if k == 'tool_calls' else v) for k, v in m.items() if v is not None} for m in msgs]
-    msgs = [{k: v for k, v in m.items() if v is not None} for m in msgs]
-    tools = json.loads(row['tools']) if row.get('tools') else None
-    out = {'status': '', 'system_dropped': False, 'n_trained': 0}
-    try:
-        if row['source_format'] == 'text': ex = tokenize_text(msgs[0]['content'], tok)
-        else:
-            ex, rendered = _encode_chat(msgs, tok, chat_template(tok, template), train_on, tools)
-            out['system_dropped'] = msgs[0]['role'] == 'system' and msgs[0]['content'].strip() not in rendered
-    except Exception as e:
-        return {**out, 'input_ids': [], 'attention_mask': [], 'labels': [], 'length': 0, 'status': f'template rejected the conversation: {e}'}
+    return [{k: v for k, v in m.items() if v is not None} for m in msgs], json.loads(row['tools']) if row.get('tools') else None
+
+def _rejected(e:Exception)->dict:
+    return {'status': f'template rejected the conversation: {e}', 'system_dropped': False, 'n_trained': 0, 'input_ids': [], 'attention_mask': [], 'labels': [], 'length': 0}
+
+def _finish_row(ex:dict, max_length, truncation, system_dropped:bool=False)->dict:
+    "The output row of example `ex`: truncated or marked dropped by `max_length`, with its `length` (the token count the length-grouped sampler reads)."
+    status = ''
     if max_length and len(ex['input_ids']) > max_length:
-        if truncation == 'drop': out['status'] = f'longer than max_length={max_length}'
-        else: ex, out['status'] = truncate(ex, max_length, truncation), 'truncated'
-    if not out['status'].startswith('longer') and all(l == -100 for l in ex['labels']): out['status'] = 'no trained token left after truncation'
-    return {**out, **ex, 'length': len(ex['input_ids']), 'n_trained': sum(l != -100 for l in ex['labels'])}
+        if truncation == 'drop': status = f'longer than max_length={max_length}'
+        else: ex, status = truncate(ex, max_length, truncation), 'truncated'
+    if not status.startswith('longer') and all(l == -100 for l in ex['labels']): status = 'no trained token left after truncation'
+    return {'status': status, 'system_dropped': system_dropped, **ex, 'length': len(ex['input_ids']), 'n_trained': sum(l != -100 for l in ex['labels'])}
+
+def _tokenize_rows(batch:dict, tok, template, train_on, max_length, truncation)->dict:
+    "Tokenize a batch of loaded rows for `datasets.map(batched=True)`: each conversation rendered, then all encoded in one tokenizer call; problems go to `status` rather than raising."
+    tpl, rows = chat_template(tok, template), [dict(zip(batch, v)) for v in zip(*batch.values())]
+    outs, chats = [None] * len(rows), []
+    for i, row in enumerate(rows):
+        msgs, tools = _row_messages(row)
+        try:
+            if row['source_format'] == 'text': outs[i] = _finish_row(tokenize_text(msgs[0]['content'], tok), max_length, truncation)
+            else: chats.append((i, msgs, tools, _render_chat(msgs, tok, tpl, tools)))
+        except Exception as e: outs[i] = _rejected(e)
+    for (i, msgs, tools, rendered), enc in zip(chats, _encode_many(tok, [c[-1] for c in chats])):
+        try: ex = _label_chat(msgs, tok, tpl, train_on, tools, rendered, *enc)
+        except Exception as e: outs[i] = _rejected(e); continue
+        outs[i] = _finish_row(ex, max_length, truncation, msgs[0]['role'] == 'system' and msgs[0]['content'].strip() not in rendered)
+    return {k: [o[k] for o in outs] for k in _rejected(None)}
 
 # %% ../nbs/01_data.ipynb #6f22c7af
 _STALE = 3600  # seconds after which a temporary file in a cache folder is a killed run's leftover, not a live write
@@ -1039,10 +1069,10 @@ def _clear_cache(cache:str, stale_only:bool=False):
         p.unlink(missing_ok=True)
 
 def _map_cached(raw:datasets.Dataset, cache:str, **kw)->datasets.Dataset:
-    "`raw.map(_tokenize_row)` cached in `cache`; a cache file that cannot be read, or holds another number of rows, is deleted and rebuilt rather than served."
+    "`raw.map(_tokenize_rows)` cached in `cache`; a cache file that cannot be read, or holds another number of rows, is deleted and rebuilt rather than served."
     import pyarrow as pa
     _clear_cache(cache, stale_only=True)
-    run = lambda: raw.map(_tokenize_row, remove_columns=raw.column_names, cache_file_name=cache, load_from_cache_file=True, desc='Tokenizing', **kw)
+    run = lambda: raw.map(_tokenize_rows, batched=True, batch_size=256, remove_columns=raw.column_names, cache_file_name=cache, load_from_cache_file=True, desc='Tokenizing', **kw)
     if not any(Path(cache).parent.glob('tokenized*.arrow')): return run()
     try:
         ds = run()

@@ -81,13 +81,14 @@ def test_corrupt_cache_not_served(data_dir, tmp_path, reliability):
     tok, src = load_tok('smollm2'), data_dir/'datasets'/'alpaca_en_demo.json'
     ds, rep = prepare_dataset(src, tok, cache_dir=tmp_path)
     cache = Path(rep.cache_file)
-    whole = cache.read_bytes()
+    whole, want = cache.read_bytes(), ds['input_ids'][::100]
     small, srep = prepare_dataset([{'instruction': 'a', 'output': 'b'}], tok, cache_dir=tmp_path/'small')
     for what, data in [('truncated', whole[:len(whole) // 2]), ('empty', b''), ('fewer rows', Path(srep.cache_file).read_bytes())]:
-        cache.write_bytes(data)
+        bad = cache.with_name('incoming.tmp'); bad.write_bytes(data)
+        os.replace(bad, cache)   # a new file in its place: cutting the old one in place would pull the pages from under `ds`, which maps it
         with pytest.warns(UserWarning, match='incomplete or unreadable'):
             again, rep2 = prepare_dataset(src, tok, cache_dir=tmp_path)
-        ok = len(again) == 999 and again['input_ids'][::100] == ds['input_ids'][::100] and cache.read_bytes() == whole
+        ok = len(again) == 999 and again['input_ids'][::100] == want and cache.read_bytes() == whole
         reliability.fault(f'a cache file {what}', survived=ok)
         assert ok, what
 

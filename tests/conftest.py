@@ -1,6 +1,11 @@
-import json
+import json, os
 from pathlib import Path
 import pytest
+
+# Under pytest-xdist, one process per core: each gets one thread (torch's OpenMP, the Rust tokenizer's and BLAS's, and
+# those of the processes a test starts), else every worker starts one thread per core and they spin against each other.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'RAYON_NUM_THREADS'): os.environ.setdefault(v, '1')
 from ft_nb.testing import load_tok, quiet, shared_data  # load_tok: the tests import it from here
 
 DATA = shared_data()

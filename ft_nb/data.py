@@ -904,7 +904,7 @@ def tokenize_chat(messages:list[dict],      # [{'role':..., 'content':...}, ...]
     if train_on not in TRAIN_ON: raise ValueError(f'train_on must be one of {TRAIN_ON}, not {train_on!r}')
     tpl = chat_template(tokenizer, template)
     if missing := _missing_markers(tokenizer, template): raise ValueError(f'the {template!r} template needs {missing}, which the vocabulary lacks: fix_tokenizer(tok, template={template!r}) adds them')
-    ex, _ = _encode_chat(messages, tokenizer, tpl, train_on, _tools(tools) or None)
+    ex = _encode_chat(messages, tokenizer, tpl, train_on, _tools(tools) or None)
     return truncate(ex, max_length, truncation) if max_length else ex
 
 def _render_chat(messages, tok, tpl, tools=None)->str:
@@ -922,10 +922,10 @@ def _label_chat(messages, tok, tpl, train_on, tools, rendered:str, ids:list, cha
         labels = _label_spans(ids, char_to_token, spans[-1:] if train_on == 'last' else spans)
     return {'input_ids': ids, 'attention_mask': [1] * len(ids), 'labels': labels}
 
-def _encode_chat(messages, tok, tpl, train_on, tools=None):
-    "(example, rendered text) of a conversation; assistant turns marked `train: False` are rendered but not labelled."
+def _encode_chat(messages, tok, tpl, train_on, tools=None)->dict:
+    "The example of a conversation; assistant turns marked `train: False` are rendered but not labelled."
     rendered = _render_chat(messages, tok, tpl, tools)
-    return _label_chat(messages, tok, tpl, train_on, tools, rendered, *_encode(tok, rendered)), rendered
+    return _label_chat(messages, tok, tpl, train_on, tools, rendered, *_encode(tok, rendered))
 
 # %% ../nbs/01_data.ipynb #eb6d630b
 def trained_runs(ex:dict)->list[list[int]]:

@@ -79,7 +79,7 @@ def to_preference(rec:dict)->dict:
 # %% ../nbs/08_prefer.ipynb #d857257c
 def _split_at_reply(tok, tpl, prompt, reply, tools=None)->tuple[list, list]:
     "(prompt ids, reply ids) of prompt + reply as `apply_chat_template` renders it: the reply's tokens as SFT labels them, through its end-of-turn (what the template adds after that is never generated)."
-    ex, _ = _encode_chat(prompt + reply, tok, tpl, 'last', tools)
+    ex = _encode_chat(prompt + reply, tok, tpl, 'last', tools)
     ids, labels = ex['input_ids'], ex['labels']
     on = [i for i, l in enumerate(labels) if l != -100]
     if not on or on[-1] - on[0] + 1 != len(on): raise RecordError('the template does not render the reply as one run of tokens: it cannot be told from the prompt')
